@@ -1,0 +1,66 @@
+"""Builders: named lists of steps that turn source samples into X2I task samples.
+
+A builder declares the source formats it reads, its parameter dataclass (recipe `params`, strict keys) and
+its steps. Extra steps named in a recipe's `steps:` list (curation, filters) come from `STEPS`. Builders never
+import Ray: the executor runs the same steps in-process or in Ray tasks.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from x2i.config import ConfigError, from_dict
+from x2i.errors import X2IError
+from x2i.recipe import Recipe
+from x2i.steps import Step
+
+# builder name -> "module:Class" (imported on use)
+BUILDERS: dict[str, str] = {
+    "subject_driven": "x2i.builders.subject_driven:SubjectDrivenBuilder",
+}
+
+# recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__
+STEPS: dict[str, str] = {}
+
+
+def _load(target: str) -> Any:
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Builder:
+    """Base class. Subclasses set `name`, `source_formats`, `Params` and implement `steps`."""
+
+    name = ""
+    source_formats: tuple[str, ...] = ()
+    Params: type = object
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        if recipe.source.format not in self.source_formats:
+            raise X2IError(f"builder {self.name} reads {list(self.source_formats)}, not source format "
+                           f"{recipe.source.format!r}")
+        self.params = from_dict(self.Params, recipe.params, "params")
+
+    def steps(self) -> list[Step]:
+        raise NotImplementedError
+
+
+def make_builder(recipe: Recipe) -> Builder:
+    target = BUILDERS.get(recipe.builder)
+    if target is None:
+        raise X2IError(f"unknown builder {recipe.builder!r}; known: {sorted(BUILDERS)}")
+    return _load(target)(recipe)
+
+
+def make_steps(configs: list[dict[str, Any]]) -> list[Step]:
+    """The extra steps a recipe lists: `[{name: dedup, by: sha256}, ...]`."""
+    steps = []
+    for i, cfg in enumerate(configs):
+        cfg = dict(cfg)
+        name = cfg.pop("name", None)
+        if name not in STEPS:
+            raise ConfigError(f"steps[{i}]: unknown step {name!r}; known: {sorted(STEPS)}")
+        cls = _load(STEPS[name])
+        steps.append(cls(from_dict(cls.Params, cfg, f"steps[{i}]")))
+    return steps

@@ -1,0 +1,240 @@
+"""Running a recipe: plan partitions, run the pending ones on an executor, assemble the manifest.
+
+Output dir layout:
+    data/<task>/part-<partition>-<k>.parquet   committed shards (atomic renames)
+    rejects/part-<partition>.parquet           the rejects ledger (reason, provenance, url)
+    _progress/plan.json                        what this dir is being built from (recipe, partitions, quotas)
+    _progress/part-<partition>.json            completion record: a partition is done iff this exists
+    manifest.json                              written when every partition is done
+
+A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at most the partitions in
+flight; a re-run with a different plan is refused rather than mixing two builds in one folder.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from x2i import __version__
+from x2i.builders import make_builder, make_steps
+from x2i.errors import X2IError
+from x2i.executor import make_executor
+from x2i.prompt import problems
+from x2i.recipe import Recipe
+from x2i.sample import SOURCE_TASK, Sample
+from x2i.schema import SCHEMA_VERSION
+from x2i.shards import PartitionWriter, atomic_write_bytes, task_dir_name, write_rejects
+from x2i.sources import make_source
+from x2i.steps import Context, Step, run_steps
+
+PROGRESS = "_progress"
+
+
+class FinalizeStep(Step):
+    """Last line of defence before a row is written: a malformed sample is a counted reject, not a bad row."""
+
+    name = "finalize"
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        for s in samples:
+            found = []
+            if s.task in ("", SOURCE_TASK):
+                found.append(f"task is {s.task!r}")
+            if s.output_image is None:
+                found.append("no output image")
+            if not s.id:
+                found.append("no id")
+            found += problems(s.instruction, len(s.input_images))
+            if found:
+                ctx.reject(s, "invalid_sample", self.name, "; ".join(found))
+                continue
+            yield s
+
+
+@dataclass
+class PartitionJob:
+    recipe: dict[str, Any]
+    index: int
+    partition: Any
+    label: str
+    quota: int | None
+    out_dir: str
+    strict: bool = False
+
+
+def _record_path(out: Path, index: int) -> Path:
+    return out / PROGRESS / f"part-{index:05d}.json"
+
+
+def _clear_partition(out: Path, index: int) -> None:
+    """Remove what an interrupted attempt at this partition may have left (temp or committed files)."""
+    for pattern in (f"part-{index:05d}-*.parquet", f".tmp-part-{index:05d}-*.parquet"):
+        for path in (out / "data").rglob(pattern) if (out / "data").exists() else []:
+            path.unlink()
+    (out / "rejects" / f"part-{index:05d}.parquet").unlink(missing_ok=True)
+
+
+def run_partition(job: PartitionJob) -> dict[str, Any]:
+    """Read, transform and write one partition; return (and persist) its completion record."""
+    recipe = Recipe.from_dict(job.recipe)
+    out = Path(job.out_dir)
+    source = make_source(recipe.source)
+    steps = make_builder(recipe).steps() + make_steps(recipe.steps) + [FinalizeStep()]
+    ctx = Context(seed=recipe.seed, partition=job.index, strict=job.strict)
+    _clear_partition(out, job.index)
+    writer = PartitionWriter(out, job.index, recipe.output.rows_per_row_group, recipe.output.max_shard_bytes)
+    started = time.time()
+
+    def counted(samples: Iterable[Sample]) -> Iterator[Sample]:
+        for s in samples:
+            ctx.counts["source_samples"] += 1
+            yield s
+
+    try:
+        for sample in run_steps(steps, counted(source.read(job.partition, ctx, job.quota)), ctx):
+            writer.write(sample)
+            ctx.counts[f"rows/{sample.task}"] += 1
+        shards = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    rejects_file = None
+    if recipe.output.write_rejects and ctx.rejects:
+        rejects_file = f"rejects/part-{job.index:05d}.parquet"
+        write_rejects(out / rejects_file, ctx.rejects)
+    record = {
+        "index": job.index, "label": job.label, "quota": job.quota,
+        "source_samples": ctx.counts["source_samples"],
+        "rows": {k[5:]: v for k, v in sorted(ctx.counts.items()) if k.startswith("rows/")},
+        "rejects": dict(sorted(ctx.reject_counts.items())),
+        "rejects_file": rejects_file,
+        "shards": [asdict(s) for s in shards],
+        "seconds": round(time.time() - started, 3),
+    }
+    atomic_write_bytes(_record_path(out, job.index), json.dumps(record, indent=1).encode())
+    return record
+
+
+def _quotas(source, partitions: list[Any], limit: int | None) -> list[int | None]:
+    """Split `limit` source records over partitions in order: the first N records of the whole source."""
+    if limit is None:
+        return [None] * len(partitions)
+    quotas, left = [], limit
+    for p in partitions:
+        take = min(left, source.count(p)) if left > 0 else 0
+        quotas.append(take)
+        left -= take
+    return quotas
+
+
+def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+    plan_path = out / PROGRESS / "plan.json"
+    ours = plan_path.exists() or (out / "manifest.json").exists()
+    if overwrite and ours:
+        for name in ("data", "rejects", PROGRESS, "manifest.json"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    elif plan_path.exists():
+        previous = json.loads(plan_path.read_text())
+        if previous != plan:
+            changed = sorted(k for k in set(plan) | set(previous) if plan.get(k) != previous.get(k))
+            raise X2IError(f"{out} holds a build of a different plan (changed: {', '.join(changed)}); "
+                           "use --overwrite to replace it or choose another --out")
+    elif out.exists() and any(out.iterdir()) and not ours:
+        raise X2IError(f"{out} exists, is not empty and is not an x2i build; choose another --out")
+    atomic_write_bytes(plan_path, json.dumps(plan, indent=1, sort_keys=True).encode())
+
+
+def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, Any]) -> dict[str, Any]:
+    records = [json.loads(_record_path(out, i).read_text()) for i in range(len(plan["partitions"]))]
+    tasks: dict[str, dict[str, int]] = {}
+    rejects: Counter = Counter()
+    shards = []
+    for rec in records:
+        rejects.update(rec["rejects"])
+        for sh in rec["shards"]:
+            shards.append(sh)
+            t = tasks.setdefault(sh["task"], {"rows": 0, "shards": 0, "bytes": 0})
+            t["rows"] += sh["rows"]
+            t["shards"] += 1
+            t["bytes"] += sh["bytes"]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "x2i_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "name": plan["recipe"]["name"],
+        "recipe": plan["recipe"],
+        "source": source_info,
+        "limit": plan["limit"],
+        "rows": sum(t["rows"] for t in tasks.values()),
+        "tasks": dict(sorted(tasks.items())),
+        "source_samples": sum(r["source_samples"] for r in records),
+        "rejects": dict(sorted(rejects.items())),
+        "rejects_total": sum(rejects.values()),
+        "rejects_files": [r["rejects_file"] for r in records if r["rejects_file"]],
+        "shards": sorted(shards, key=lambda s: s["path"]),
+        "partitions": [{k: r[k] for k in ("index", "label", "quota", "source_samples", "rows", "seconds")}
+                       for r in records],
+    }
+    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    return manifest
+
+
+def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", workers: int = 1,
+          ray_address: str | None = None, limit: int | None = None, overwrite: bool = False,
+          strict: bool = False, progress: bool = True, on_partition=None) -> dict[str, Any]:
+    """Build `recipe` into `out_dir`; resumes a previous run of the same plan. Returns the manifest."""
+    out = Path(out_dir)
+    make_builder(recipe)  # fail on bad params before any work
+    make_steps(recipe.steps)
+    source = make_source(recipe.source)
+    partitions = source.partitions()
+    labels = [source.label(p) for p in partitions]
+    plan = {"recipe": recipe.to_dict(), "partitions": labels, "limit": limit,
+            "quotas": _quotas(source, partitions, limit), "schema_version": SCHEMA_VERSION}
+    _prepare_out(out, plan, overwrite)
+    jobs = [PartitionJob(recipe.to_dict(), i, p, labels[i], plan["quotas"][i], str(out), strict)
+            for i, p in enumerate(partitions) if not _record_path(out, i).exists()]
+    failures: list[str] = []
+    if jobs:
+        runner = make_executor(executor, workers, ray_address)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(partitions), initial=len(partitions) - len(jobs), unit="part",
+                       desc=f"build {recipe.name}")
+        rows = 0
+        try:
+            for job, record, error in runner.map_unordered(run_partition, jobs):
+                if error is not None:
+                    if strict:
+                        raise error
+                    failures.append(f"partition {job.index} ({job.label}): {type(error).__name__}: {error}")
+                    continue
+                rows += sum(record["rows"].values())
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(rows=rows)
+                if on_partition is not None:
+                    on_partition(record)
+        finally:
+            if bar is not None:
+                bar.close()
+            runner.close()
+    if failures:
+        raise X2IError(f"{len(failures)} partition(s) failed (finished ones are kept; re-run to resume): "
+                       + " | ".join(failures))
+    return assemble_manifest(out, plan, source.describe())
+
+
+__all__ = ["build", "run_partition", "PartitionJob", "FinalizeStep", "task_dir_name"]

@@ -1,0 +1,50 @@
+"""The `x2i` command line. Each area registers its commands from its own module (see COMMAND_MODULES);
+heavy imports (torch, Ray, models) happen inside the commands so `x2i --help` stays instant.
+
+User errors (bad files, bad recipes, bad arguments) print one line and exit with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from x2i.config import ConfigError
+from x2i.errors import X2IError
+
+COMMAND_MODULES = [
+    "x2i.cli.data",
+]
+
+app = typer.Typer(
+    name="x2i",
+    help="Build, curate, inspect and train on X2I (anything-to-image) data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    # Commands wrap their bodies with x2i.cli.common.user_errors; this is the net for errors raised while
+    # parsing options or importing a command's dependencies.
+    try:
+        app()
+    except (X2IError, ConfigError) as exc:
+        typer.echo(f"x2i: error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

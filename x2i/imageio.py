@@ -1,0 +1,208 @@
+"""Image bytes in, image bytes out: safe decoding, mode normalisation and the output size policy.
+
+Images travel through a build as encoded bytes (`EncodedImage`) and are decoded at most once, lazily. When no
+pixel change is needed (an RGB JPEG or PNG without EXIF rotation, already within the size policy) the original
+bytes are passed through untouched.
+
+Size policy for output images (the same as OmniGen's `crop_arr`): downscale so the longer side is at most
+`max_side`, then centre-crop each side down to a multiple of `multiple` (16 = VAE factor 8 x patch size 2).
+`FitTransform` records the scale and crop so boxes can follow the pixels.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Decompression-bomb guard: we check the header size ourselves (below) and never let PIL decode beyond it.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_PASSTHROUGH_FORMATS = {"JPEG", "PNG"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `reason` is a short, countable label, `str(e)` the detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+class EncodedImage:
+    """Encoded image bytes with their size; decodes to RGB on first use and keeps the result."""
+
+    __slots__ = ("data", "width", "height", "format", "path", "_pil")
+
+    def __init__(self, data: bytes, width: int, height: int, format: str, path: str | None = None,
+                 pil: Image.Image | None = None):
+        self.data = data
+        self.width = int(width)
+        self.height = int(height)
+        self.format = format
+        self.path = path
+        self._pil = pil
+
+    def pil(self) -> Image.Image:
+        """The RGB pixels (decoded once)."""
+        if self._pil is None:
+            self._pil = decode(self.data)
+        return self._pil
+
+    def release(self) -> None:
+        """Drop the decoded pixels (they are rebuilt from bytes if needed again)."""
+        self._pil = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def __repr__(self) -> str:
+        return f"EncodedImage({self.format} {self.width}x{self.height}, {len(self.data)} bytes)"
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError("image_empty", "zero-byte image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("image_unreadable", f"not an image file ({len(data)} bytes)") from None
+    except Exception as exc:  # PIL raises many types on garbage headers
+        raise ImageError("image_unreadable", f"cannot read image header: {exc}") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.load()
+    except Exception as exc:
+        raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
+    return im
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: alpha composited on white, 16/32-bit rescaled, CMYK/palette converted."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(im, dtype=np.uint16)
+        return Image.fromarray((arr >> 8).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
+        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode to RGB, applying EXIF orientation. Raises ImageError with a countable reason."""
+    im = _open(data, max_pixels)
+    if _orientation(im) != 1:
+        im = ImageOps.exif_transpose(im)
+    return to_rgb(im)
+
+
+def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:
+    """Validate and normalise an image file: original bytes kept when they already are plain RGB JPEG/PNG."""
+    im = _open(data, max_pixels)
+    fmt = im.format or ""
+    if fmt in _PASSTHROUGH_FORMATS and im.mode == "RGB" and _orientation(im) == 1:
+        return EncodedImage(data, im.width, im.height, fmt, path, pil=im)
+    if _orientation(im) != 1:
+        im = ImageOps.exif_transpose(im)
+    rgb = to_rgb(im)
+    # Lossless sources stay lossless; everything else becomes a high-quality JPEG.
+    target = "PNG" if fmt in ("PNG", "GIF", "BMP", "TIFF") else "JPEG"
+    return encode(rgb, target, path=path)
+
+
+def encode(im: Image.Image, format: str = "JPEG", quality: int = 95, path: str | None = None) -> EncodedImage:
+    """Encode PIL pixels; JPEG for photos, PNG for masks/conditions that must stay exact."""
+    buf = io.BytesIO()
+    if format == "JPEG":
+        if im.mode not in ("RGB", "L"):
+            im = to_rgb(im)
+        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif format == "PNG":
+        im.save(buf, "PNG", compress_level=1)
+    else:
+        raise ValueError(f"unsupported output format {format!r}")
+    return EncodedImage(buf.getvalue(), im.width, im.height, format, path, pil=im)
+
+
+@dataclass(frozen=True)
+class FitTransform:
+    """How `fit` changed an image: new = (old * scale) - (crop_left, crop_top), clipped to the new size."""
+
+    scale: float
+    crop_left: int
+    crop_top: int
+    width: int
+    height: int
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.crop_left == 0 and self.crop_top == 0
+
+    def box(self, box_px: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """Map a pixel box (x0, y0, x1, y1) of the original into the fitted image, clipped to it."""
+        x0, y0, x1, y1 = (v * self.scale for v in box_px)
+        x0, x1 = x0 - self.crop_left, x1 - self.crop_left
+        y0, y1 = y0 - self.crop_top, y1 - self.crop_top
+        clip = lambda v, hi: min(max(v, 0.0), float(hi))  # noqa: E731
+        return clip(x0, self.width), clip(y0, self.height), clip(x1, self.width), clip(y1, self.height)
+
+
+def fit_size(width: int, height: int, max_side: int, multiple: int = 16) -> FitTransform:
+    """The size policy as numbers: scale to max_side (never up), then centre-crop to multiples."""
+    scale = min(1.0, max_side / max(width, height))
+    sw, sh = (width, height) if scale == 1.0 else (max(1, round(width * scale)), max(1, round(height * scale)))
+    if min(sw, sh) < multiple:
+        raise ImageError("image_too_small", f"{width}x{height} is smaller than {multiple} px after fitting")
+    new_w, new_h = sw - sw % multiple, sh - sh % multiple
+    return FitTransform(scale if scale != 1.0 else 1.0, (sw - new_w) // 2, (sh - new_h) // 2, new_w, new_h)
+
+
+def fit_pil(im: Image.Image, max_side: int, multiple: int = 16) -> tuple[Image.Image, FitTransform]:
+    """Apply the size policy to decoded pixels."""
+    t = fit_size(im.width, im.height, max_side, multiple)
+    if t.scale != 1.0:
+        sw, sh = round(im.width * t.scale), round(im.height * t.scale)
+        im = im.resize((max(1, sw), max(1, sh)), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if (t.width, t.height) != im.size:
+        im = im.crop((t.crop_left, t.crop_top, t.crop_left + t.width, t.crop_top + t.height))
+    return im, t
+
+
+def fit(image: EncodedImage, max_side: int, multiple: int = 16, quality: int = 95) -> tuple[EncodedImage, FitTransform]:
+    """Apply the size policy; the original bytes pass through when they already satisfy it."""
+    t = fit_size(image.width, image.height, max_side, multiple)
+    if t.identity and (t.width, t.height) == (image.width, image.height):
+        return image, t
+    im, t = fit_pil(image.pil(), max_side, multiple)
+    fmt = "PNG" if image.format == "PNG" else "JPEG"
+    return encode(im, fmt, quality=quality, path=image.path), t

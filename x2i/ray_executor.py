@@ -1,0 +1,57 @@
+"""The Ray executor: one Ray task per source partition. The only module of x2i that imports Ray.
+
+Without an address, a local Ray instance with `workers` CPUs is started (and shut down at the end); with
+`--ray-address`, the build joins that cluster, whose nodes must have x2i installed and see the same paths.
+Tasks that die with their worker are retried by Ray; tasks that raise are reported per partition.
+"""
+from __future__ import annotations
+
+import os
+
+import ray
+
+from x2i.executor import Executor
+
+
+class RayExecutor(Executor):
+    def __init__(self, workers: int = 1, address: str | None = None):
+        self.workers = max(1, int(workers))
+        self.address = address
+        self._started = False
+
+    def _init(self) -> None:
+        if ray.is_initialized():
+            return
+        # Workers must see the same x2i cache (embedded sample) as the driver.
+        env = {"env_vars": {k: os.environ[k] for k in ("X2I_CACHE", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}}
+        if self.address:
+            ray.init(address=self.address, runtime_env=env, log_to_driver=True)
+        else:
+            ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env, log_to_driver=True,
+                     configure_logging=False)
+        self._started = True
+
+    def map_unordered(self, fn, jobs):
+        self._init()
+        remote = ray.remote(num_cpus=1, max_retries=2, retry_exceptions=False)(fn)
+        pending = {remote.remote(job): job for job in jobs}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                ref = done[0]
+                job = pending.pop(ref)
+                try:
+                    yield job, ray.get(ref), None
+                except ray.exceptions.RayTaskError as exc:
+                    yield job, None, exc.as_instanceof_cause()
+                except ray.exceptions.RayError as exc:
+                    yield job, None, exc
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    def close(self) -> None:
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False

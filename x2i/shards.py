@@ -1,0 +1,205 @@
+"""Atomic Parquet shard writing and streaming shard reading.
+
+A partition's samples go to `data/<task>/part-<partition>-<k>.parquet`. Shards are written under a hidden
+temporary name, fsynced, and renamed into place only when the whole partition is finished, so a crash or
+Ctrl-C never leaves a half shard where a reader (or `datasets`) would pick it up.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from x2i.sample import Reject, Sample
+from x2i.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
+
+TMP_PREFIX = ".tmp-"
+
+
+def task_dir_name(task: str) -> str:
+    """Tasks such as `vision/canny` nest as folders; everything else is kept as is."""
+    return task.replace("..", "_")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a small file atomically (temp + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the output dir
+    task: str
+    rows: int
+    bytes: int
+    sha256: str
+    partition: int
+
+
+class _TaskShards:
+    """Open Parquet writers for one task in one partition, rolling to a new shard at `max_bytes`."""
+
+    def __init__(self, out_dir: Path, task: str, partition: int, rows_per_group: int, max_bytes: int):
+        self.out_dir, self.task, self.partition = out_dir, task, partition
+        self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
+        self.buffer: list[dict] = []
+        self.buffer_bytes = 0
+        self.writer: pq.ParquetWriter | None = None
+        self.current: tuple[Path, Path] | None = None
+        self.rows = 0
+        self.done: list[tuple[Path, Path, int]] = []  # (tmp, final, rows)
+        self.index = 0
+
+    def _open(self) -> None:
+        final = self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(TMP_PREFIX + final.name)
+        self.writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
+                                       write_statistics=["id", "task", "width", "height"])
+        self.current = (tmp, final)
+        self.rows = 0
+        self.index += 1
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        self.buffer_bytes += len(row["output_image"]["bytes"]) if row["output_image"] else 0
+        self.buffer_bytes += sum(len(im["bytes"]) for im in row["input_images"])
+        # Row groups stay <= rows_per_group rows (the Hub viewer needs <= 100 for image data) and small in bytes.
+        if len(self.buffer) >= self.rows_per_group or self.buffer_bytes >= 64 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        if self.writer is None:
+            self._open()
+        self.writer.write_table(rows_to_table(self.buffer), row_group_size=len(self.buffer))
+        self.rows += len(self.buffer)
+        self.buffer, self.buffer_bytes = [], 0
+        tmp = self.current[0]
+        if tmp.stat().st_size >= self.max_bytes:
+            self._close()
+
+    def _close(self) -> None:
+        if self.writer is None:
+            return
+        self.writer.close()
+        with open(self.current[0], "rb+") as f:
+            os.fsync(f.fileno())
+        self.done.append((*self.current, self.rows))
+        self.writer, self.current = None, None
+
+    def finish(self) -> list[tuple[Path, Path, int]]:
+        self.flush()
+        self._close()
+        return self.done
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        for tmp, _, _ in self.done + ([(*self.current, 0)] if self.current else []):
+            tmp.unlink(missing_ok=True)
+
+
+class PartitionWriter:
+    """Collects one partition's samples into per-task shards; `commit` makes them visible all at once."""
+
+    def __init__(self, out_dir: Path, partition: int, rows_per_group: int = 100, max_bytes: int = 500 << 20):
+        self.out_dir, self.partition = Path(out_dir), partition
+        self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
+        self.tasks: dict[str, _TaskShards] = {}
+
+    def write(self, sample: Sample) -> None:
+        shards = self.tasks.get(sample.task)
+        if shards is None:
+            shards = self.tasks[sample.task] = _TaskShards(self.out_dir, sample.task, self.partition,
+                                                           self.rows_per_group, self.max_bytes)
+        shards.add(sample_to_row(sample))
+
+    def commit(self) -> list[ShardInfo]:
+        """Close, fsync and rename every shard into place; return what was written."""
+        infos = []
+        for task in sorted(self.tasks):
+            for tmp, final, rows in self.tasks[task].finish():
+                os.replace(tmp, final)
+                fsync_dir(final.parent)
+                infos.append(ShardInfo(str(final.relative_to(self.out_dir)), task, rows, final.stat().st_size,
+                                       file_sha256(final), self.partition))
+        return infos
+
+    def abort(self) -> None:
+        for shards in self.tasks.values():
+            shards.abort()
+
+
+REJECT_SCHEMA = pa.schema([
+    ("reason", pa.string()), ("source", pa.string()), ("source_key", pa.string()), ("task", pa.string()),
+    ("step", pa.string()), ("detail", pa.string()), ("meta", pa.string()),
+])
+
+
+def write_rejects(path: Path, rejects: list[Reject]) -> None:
+    """The rejects ledger of one partition (atomic, like the shards)."""
+    import json
+
+    rows = [{"reason": r.reason, "source": r.source, "source_key": r.source_key, "task": r.task, "step": r.step,
+             "detail": r.detail, "meta": json.dumps(r.meta, ensure_ascii=False, sort_keys=True)} for r in rejects]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), tmp)
+    os.replace(tmp, path)
+
+
+def shard_files(root: Path) -> list[Path]:
+    """Every committed shard under a dataset dir (or the single file given), in a stable order."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    base = root / "data" if (root / "data").is_dir() else root
+    return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+
+
+def iter_rows(path: Path, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict]:
+    """Stream rows of one shard as dicts, a row group at a time (bounded memory)."""
+    pf = pq.ParquetFile(path)
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        yield from batch.to_pylist()
+
+
+def iter_samples(root: Path) -> Iterator[Sample]:
+    for path in shard_files(root):
+        for row in iter_rows(path):
+            yield row_to_sample(row)

@@ -1,0 +1,202 @@
+"""Reading img2dataset output: webdataset tars (+ sidecar parquet) or parquet with an image column.
+
+Layout written by img2dataset (and by our shapes world):
+- `webdataset`: `{shard:05d}.tar` holding `{key}.jpg`, `{key}.txt`, `{key}.json` per sample, a sidecar
+  `{shard:05d}.parquet` with one row per URL tried (status success / failed_to_download / failed_to_resize,
+  error_message, url, caption, width, height, original_width, original_height, sha256, plus any
+  `--save_additional_columns`), and `{shard:05d}_stats.json`;
+- `parquet`: `{shard:05d}.parquet` with the same metadata columns plus the image bytes in a `jpg` column
+  (or `png`/`webp`, per `--encode_format`). Hugging Face mirrors that store an `image` struct column
+  `{bytes, path}` are read the same way.
+
+Records of failed downloads are yielded too (image None, with their status) so callers can count them:
+a failed URL is a rejected sample with a reason, and the rejects ledger keeps its URL for a retry.
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from x2i.errors import SourceError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One image-bearing file of an img2dataset output (a partition of a build)."""
+
+    path: str
+    kind: str  # "tar" | "parquet"
+    sidecar: str | None = None  # the metadata parquet beside a tar
+
+
+@dataclass
+class Record:
+    key: str
+    meta: dict[str, Any]
+    image: bytes | None
+    status: str = "success"
+    error: str | None = None
+    file: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _image_column(names: list[str]) -> str | None:
+    return next((c for c in IMAGE_COLUMNS if c in names), None)
+
+
+def find_shards(root: str | Path) -> list[Shard]:
+    """The shards under an img2dataset output folder (or a single tar/parquet file), in name order."""
+    root = Path(root)
+    if not root.exists():
+        raise SourceError(root, "no such file or directory")
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    tars = [p for p in files if p.suffix == ".tar"]
+    if tars:
+        shards = []
+        for tar in tars:
+            sidecar = tar.with_suffix(".parquet")
+            shards.append(Shard(str(tar), "tar", str(sidecar) if sidecar.exists() else None))
+        return shards
+    shards = []
+    for p in files:
+        if p.suffix != ".parquet":
+            continue
+        try:
+            names = pq.read_schema(p).names
+        except Exception as exc:
+            raise SourceError(p, f"not a readable parquet file ({exc})") from None
+        if _image_column(names):
+            shards.append(Shard(str(p), "parquet"))
+    if not shards:
+        raise SourceError(root, "no img2dataset shards found (expected *.tar, or *.parquet with a jpg/png/webp/image column)")
+    return shards
+
+
+def metadata_columns(shard: Shard) -> list[str]:
+    """Column names of a shard's metadata (sidecar or the parquet itself); [] for a tar without sidecar."""
+    path = shard.sidecar if shard.kind == "tar" else shard.path
+    if path is None:
+        return []
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:
+        raise SourceError(path, f"not a readable parquet file ({exc})") from None
+
+
+def _status(meta: dict[str, Any]) -> str:
+    status = meta.get("status")
+    return status if isinstance(status, str) and status else "success"
+
+
+def count(shard: Shard) -> int:
+    """Number of records a shard will yield (successful and failed), read from metadata where possible."""
+    if shard.kind == "parquet":
+        return pq.ParquetFile(shard.path).metadata.num_rows
+    if shard.sidecar:
+        return pq.ParquetFile(shard.sidecar).metadata.num_rows
+    keys = set()
+    try:
+        with tarfile.open(shard.path, "r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    keys.add(Path(member.name).name.split(".", 1)[0])
+    except (tarfile.TarError, EOFError, OSError):
+        pass
+    return len(keys)
+
+
+def _tar_records(shard: Shard) -> Iterator[Record]:
+    """Stream a webdataset tar, grouping members by key; a truncated tail yields one 'tar_truncated' record."""
+    current_key: str | None = None
+    parts: dict[str, bytes] = {}
+
+    def emit(key: str, parts: dict[str, bytes]) -> Record:
+        meta: dict[str, Any] = {}
+        error = None
+        if "json" in parts:
+            try:
+                meta = json.loads(parts["json"].decode("utf-8"))
+                if not isinstance(meta, dict):
+                    meta, error = {}, "json member is not an object"
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                error = f"unreadable json member: {exc}"
+        image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
+        extras = {}
+        if "txt" in parts:
+            extras["txt"] = parts["txt"].decode("utf-8", errors="replace")
+        status = "bad_json" if error else ("success" if image is not None else "image_missing")
+        return Record(key, meta, image, status, error, shard.path, extras)
+
+    try:
+        with tarfile.open(shard.path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = Path(member.name).name
+                key, _, ext = name.partition(".")
+                if key != current_key:
+                    if current_key is not None:
+                        yield emit(current_key, parts)
+                    current_key, parts = key, {}
+                f = tar.extractfile(member)
+                parts[ext.lower()] = f.read() if f is not None else b""
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        # Everything read before the damage has been (or is about to be) yielded; the rest is one record.
+        if current_key is not None and parts:
+            yield emit(current_key, parts)
+            current_key = None
+        yield Record(f"{Path(shard.path).name}#truncated", {}, None, "tar_truncated", str(exc), shard.path)
+    if current_key is not None:
+        yield emit(current_key, parts)
+
+
+def _failed_from_sidecar(shard: Shard, seen: set[str]) -> Iterator[Record]:
+    """Rows the sidecar lists as failed (never written into the tar)."""
+    if not shard.sidecar:
+        return
+    pf = pq.ParquetFile(shard.sidecar)
+    if "status" not in pf.schema_arrow.names:
+        return
+    for batch in pf.iter_batches(batch_size=1024):
+        for row in batch.to_pylist():
+            status = _status(row)
+            key = str(row.get("key"))
+            if status != "success" and key not in seen:
+                yield Record(key, row, None, status, row.get("error_message"), shard.sidecar)
+
+
+def _parquet_records(shard: Shard) -> Iterator[Record]:
+    pf = pq.ParquetFile(shard.path)
+    image_col = _image_column(pf.schema_arrow.names)
+    for batch_index, batch in enumerate(pf.iter_batches(batch_size=64)):
+        for i, row in enumerate(batch.to_pylist()):
+            blob = row.pop(image_col, None)
+            if isinstance(blob, dict):  # Hugging Face Image struct {bytes, path}
+                blob = blob.get("bytes")
+            status = _status(row)
+            if blob is None and status == "success":
+                status = "image_missing"
+            key = row.get("key")
+            key = str(key) if key is not None else f"{Path(shard.path).stem}#{batch_index * 64 + i}"
+            yield Record(key, row, blob, status, row.get("error_message"), shard.path)
+
+
+def iter_records(shard: Shard) -> Iterator[Record]:
+    """Every record of a shard: the images in file order, then the failures only the sidecar knows of."""
+    if shard.kind == "parquet":
+        yield from _parquet_records(shard)
+        return
+    seen: set[str] = set()
+    for record in _tar_records(shard):
+        seen.add(record.key)
+        yield record
+    yield from _failed_from_sidecar(shard, seen)

@@ -1,0 +1,145 @@
+"""Steps over iterators of samples, and the per-partition context they report to.
+
+A step is a callable `run(samples, ctx) -> samples`. One-to-one work subclasses `MapStep` (return a sample,
+a list of samples, or raise `RejectSample`); filters subclass `FilterStep` (return a reason to drop, or None).
+Every rejection goes through `ctx.reject`, which counts it per reason and keeps it for the rejects ledger:
+nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from x2i.imageio import ImageError
+from x2i.sample import Reject, RejectSample, Sample
+
+log = logging.getLogger("x2i")
+
+
+@dataclass
+class Context:
+    """What a step may touch while processing one partition: counters, rejects, seeded randomness."""
+
+    seed: int = 0
+    partition: int = 0
+    strict: bool = False  # re-raise unexpected step errors instead of counting them (tests, debugging)
+    counts: Counter = field(default_factory=Counter)
+    rejects: list[Reject] = field(default_factory=list)
+    reject_counts: Counter = field(default_factory=Counter)
+
+    def rng(self, *key: Any) -> np.random.Generator:
+        """A generator seeded by (recipe seed, key): the same sample always draws the same choices."""
+        digest = hashlib.sha256(repr((self.seed,) + key).encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def reject(self, sample: Sample | None, reason: str, step: str, detail: str = "", *,
+               source: str = "", source_key: str = "", task: str = "", meta: dict | None = None) -> None:
+        if sample is not None:
+            source, source_key, task = sample.source, sample.source_key, sample.task
+            if meta is None and sample.meta.get("url"):
+                meta = {"url": sample.meta["url"]}
+        self.reject_counts[reason] += 1
+        self.rejects.append(Reject(reason, source, source_key, task, step, detail, meta or {}))
+
+
+class Step:
+    """Base class: override `run`."""
+
+    name = "step"
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        raise NotImplementedError
+
+    def _guard(self, sample: Sample, ctx: Context, fn) -> Any:
+        """Call fn(); turn the expected failures of one sample into a counted rejection."""
+        try:
+            return fn()
+        except RejectSample as exc:
+            ctx.reject(sample, exc.reason, self.name, exc.detail)
+        except ImageError as exc:
+            ctx.reject(sample, exc.reason, self.name, str(exc))
+        except Exception as exc:
+            if ctx.strict:
+                raise
+            log.warning("step %s failed on %s/%s: %r", self.name, sample.source, sample.source_key, exc)
+            ctx.reject(sample, f"error_{type(exc).__name__}", self.name, str(exc)[:500])
+        return None
+
+
+class MapStep(Step):
+    """One sample in, zero or more out: `process` returns a Sample, a list of them, or None."""
+
+    def process(self, sample: Sample, ctx: Context) -> Sample | list[Sample] | None:
+        raise NotImplementedError
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        for sample in samples:
+            out = self._guard(sample, ctx, lambda: self.process(sample, ctx))
+            if out is None:
+                continue
+            if isinstance(out, Sample):
+                yield out
+            else:
+                yield from out
+
+
+class FilterStep(Step):
+    """Keep a sample unless `reason` returns a rejection reason."""
+
+    def reason(self, sample: Sample, ctx: Context) -> str | tuple[str, str] | None:
+        raise NotImplementedError
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        for sample in samples:
+            verdict = self._guard(sample, ctx, lambda: self.reason(sample, ctx) or "")
+            if verdict is None:  # the check itself failed and was counted
+                continue
+            if verdict:
+                reason, detail = verdict if isinstance(verdict, tuple) else (verdict, "")
+                ctx.reject(sample, reason, self.name, detail)
+                continue
+            yield sample
+
+
+class BatchMapStep(Step):
+    """Batched one-to-one work (models on GPU): `process_batch` maps a list of samples to a list of results,
+    each a Sample or None (None: that sample was rejected inside via ctx.reject). When the batch call fails,
+    each sample is retried alone so one bad sample cannot take its batch-mates down with it."""
+
+    batch_size = 16
+
+    def process_batch(self, samples: list[Sample], ctx: Context) -> list[Sample | None]:
+        raise NotImplementedError
+
+    def _flush(self, batch: list[Sample], ctx: Context) -> Iterator[Sample]:
+        try:
+            results = self.process_batch(batch, ctx)
+        except Exception:
+            if ctx.strict:
+                raise
+            results = [self._guard(s, ctx, lambda s=s: self.process_batch([s], ctx)[0]) for s in batch]
+        yield from (r for r in results if r is not None)
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        batch: list[Sample] = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) >= self.batch_size:
+                yield from self._flush(batch, ctx)
+                batch = []
+        if batch:
+            yield from self._flush(batch, ctx)
+
+
+def run_steps(steps: list[Step], samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+    """Chain the steps lazily: one sample flows through all of them before the next is read."""
+    stream: Iterable[Sample] = samples
+    for step in steps:
+        stream = step.run(stream, ctx)
+    return iter(stream)
