@@ -45,6 +45,11 @@ class Builder:
     def steps(self) -> list[Step]:
         raise NotImplementedError
 
+    def notes(self) -> list[str]:
+        """One-line remarks for the user, recorded in the manifest and printed by `x2i build`
+        (e.g. which annotators were skipped for missing weights and why)."""
+        return []
+
 
 def make_builder(recipe: Recipe) -> Builder:
     target = BUILDERS.get(recipe.builder)

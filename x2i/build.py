@@ -154,7 +154,8 @@ def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
     atomic_write_bytes(plan_path, json.dumps(plan, indent=1, sort_keys=True).encode())
 
 
-def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, Any]) -> dict[str, Any]:
+def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, Any],
+                      notes: list[str] | None = None) -> dict[str, Any]:
     records = [json.loads(_record_path(out, i).read_text()) for i in range(len(plan["partitions"]))]
     tasks: dict[str, dict[str, int]] = {}
     rejects: Counter = Counter()
@@ -174,6 +175,7 @@ def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, An
         "name": plan["recipe"]["name"],
         "recipe": plan["recipe"],
         "source": source_info,
+        "notes": notes or [],
         "limit": plan["limit"],
         "rows": sum(t["rows"] for t in tasks.values()),
         "tasks": dict(sorted(tasks.items())),
@@ -194,7 +196,7 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
           strict: bool = False, progress: bool = True, on_partition=None) -> dict[str, Any]:
     """Build `recipe` into `out_dir`; resumes a previous run of the same plan. Returns the manifest."""
     out = Path(out_dir)
-    make_builder(recipe)  # fail on bad params before any work
+    builder = make_builder(recipe)  # fail on bad params before any work
     make_steps(recipe.steps)
     source = make_source(recipe.source)
     partitions = source.partitions()
@@ -234,7 +236,7 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
     if failures:
         raise X2IError(f"{len(failures)} partition(s) failed (finished ones are kept; re-run to resume): "
                        + " | ".join(failures))
-    return assemble_manifest(out, plan, source.describe())
+    return assemble_manifest(out, plan, source.describe(), builder.notes())
 
 
 __all__ = ["build", "run_partition", "PartitionJob", "FinalizeStep", "task_dir_name"]

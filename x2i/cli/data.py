@@ -11,7 +11,8 @@ from x2i.cli.common import fail, user_errors
 
 
 def _summary(manifest: dict, out: Path) -> str:
-    lines = [f"wrote {manifest['rows']} rows to {out}"]
+    lines = [f"note: {note}" for note in manifest.get("notes", [])]
+    lines.append(f"wrote {manifest['rows']} rows to {out}")
     for task, info in manifest["tasks"].items():
         lines.append(f"  {task}: {info['rows']} rows in {info['shards']} shard(s)")
     if manifest["rejects"]:
