@@ -17,6 +17,7 @@ from x2i.steps import Step
 # builder name -> "module:Class" (imported on use)
 BUILDERS: dict[str, str] = {
     "subject_driven": "x2i.builders.subject_driven:SubjectDrivenBuilder",
+    "omnigen_import": "x2i.builders.omnigen_import:OmniGenImportBuilder",
 }
 
 # recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__

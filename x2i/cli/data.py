@@ -81,6 +81,96 @@ def recipes_command() -> None:
         typer.echo(f"{name.replace('_', '-'):28s} builder={r.builder} source={r.source.format}")
 
 
+@user_errors
+def validate_command(
+    path: Path = typer.Argument(..., help="Dataset folder (with manifest.json) or a Parquet file."),
+    multiple: int = typer.Option(16, help="Required divisor of output width/height (1 disables the check)."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Read image headers only (faster, weaker)."),
+    max_report: int = typer.Option(50, help="Problems to print (all are counted)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check schema, placeholders vs images, decodable images, sizes, duplicate ids and the manifest."""
+    from x2i.validate import validate
+
+    report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json)
+    if as_json:
+        typer.echo(json.dumps({"ok": report.ok, "files": report.files, "rows": report.rows,
+                               "images": report.images, "problems": [vars(p) for p in report.problems]}, indent=1))
+    else:
+        for problem in report.problems[:max_report]:
+            typer.echo(str(problem))
+        if len(report.problems) > max_report:
+            typer.echo(f"... and {len(report.problems) - max_report} more")
+        typer.echo(report.summary())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@user_errors
+def stats_command(
+    path: Path = typer.Argument(..., help="Dataset folder or Parquet file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+) -> None:
+    """Rows per task, inputs per sample, output sizes, score summaries and rejects per reason."""
+    from x2i.errors import X2IError
+    from x2i.shards import shard_files
+    from x2i.stats import compute, render
+
+    if not path.exists() or not shard_files(path):
+        raise X2IError(f"{path}: no parquet shards found")
+    stats = compute(path)
+    typer.echo(json.dumps(stats, indent=1) if as_json else render(stats))
+
+
+@user_errors
+def export_command(
+    path: Path = typer.Argument(..., help="Dataset folder to export."),
+    fmt: str = typer.Option("omnigen", "--format", "-f", help="Export format (omnigen)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (data.jsonl + images/)."),
+    task: list[str] = typer.Option([], "--task", "-t", help="Only these tasks (repeatable)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N rows."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
+) -> None:
+    """Export to OmniGen's fine-tuning format (JSONL + image folder)."""
+    from x2i.export import export_omnigen
+
+    if fmt != "omnigen":
+        fail(f"unknown export format {fmt!r}; supported: omnigen")
+    result = export_omnigen(path, out, tasks=task or None, limit=limit, overwrite=overwrite)
+    typer.echo(f"exported {result['rows']} rows to {result['jsonl']} (images in {result['images']})")
+    typer.echo(f"train OmniGen with: --json_file {result['jsonl']} --image_path {result['images']}")
+
+
+@user_errors
+def import_command(
+    path: Path = typer.Argument(..., help="OmniGen JSONL file (or a folder of .jsonl files)."),
+    fmt: str = typer.Option("omnigen", "--format", "-f", help="Import format (omnigen)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder the JSONL's image paths are relative to (default: the JSONL's folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="Read at most N lines."),
+    workers: int = typer.Option(1, "--workers", "-w", min=1),
+    executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Import OmniGen-format JSONL (OmniGen fine-tuning data, the released X2I subsets) into x2i Parquet."""
+    from x2i.build import build
+    from x2i.recipe import load_recipe
+
+    if fmt != "omnigen":
+        fail(f"unknown import format {fmt!r}; supported: omnigen")
+    recipe = load_recipe("omnigen_import")
+    recipe.source.path = str(path)
+    recipe.source.images = str(images) if images else None
+    manifest = build(recipe, out, executor=executor, workers=workers, limit=limit, overwrite=overwrite,
+                     progress=not quiet)
+    typer.echo(_summary(manifest, out))
+
+
 def register(app: typer.Typer) -> None:
     app.command("build")(build_command)
     app.command("recipes")(recipes_command)
+    app.command("validate")(validate_command)
+    app.command("stats")(stats_command)
+    app.command("export")(export_command)
+    app.command("import")(import_command)

@@ -19,6 +19,7 @@ from x2i.steps import Context
 # format name -> "module:Class"; imported on use so a build loads only what it reads.
 SOURCE_FORMATS: dict[str, str] = {
     "grit": "x2i.sources.grit:GritSource",
+    "omnigen": "x2i.sources.omnigen:OmniGenJsonlSource",
 }
 
 

@@ -1,0 +1,219 @@
+"""`x2i validate`: check a dataset against the schema and its own manifest, row by row.
+
+Checks, each reported with file, row index and id:
+- file level: the Parquet schema (columns, types), the `huggingface` features metadata, the x2i schema version,
+  row groups of at most 100 rows;
+- row level: non-empty id and task, ids unique across the dataset, instruction placeholders agree with the
+  input images (numbered 1..N in order, no stray tags), every image present and decodable, width/height equal
+  to the decoded output size and multiples of `multiple`, meta valid JSON, quality scores finite or null;
+- manifest level (when manifest.json exists): every listed shard exists with the recorded rows and sha256, no
+  unlisted shard, per-task row counts agree.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from PIL import Image
+
+from x2i.imageio import DEFAULT_MAX_PIXELS, ImageError, decode
+from x2i.prompt import problems
+from x2i.schema import ARROW_SCHEMA, HF_FEATURES, SCHEMA_VERSION, schema_version_of
+from x2i.shards import file_sha256, shard_files
+
+MAX_ROWS_PER_GROUP = 100
+
+
+@dataclass
+class Problem:
+    file: str
+    row: int | None  # None: a file- or manifest-level problem
+    id: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file} row {self.row}"
+        return f"{where}{f' (id {self.id})' if self.id else ''}: {self.message}"
+
+
+@dataclass
+class Report:
+    files: int = 0
+    rows: int = 0
+    images: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        status = "OK" if self.ok else f"FAILED with {len(self.problems)} problem(s)"
+        return f"{status}: {self.files} file(s), {self.rows} row(s), {self.images} image(s) checked"
+
+
+def _check_schema(path: Path, rel: str, report: Report) -> bool:
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        report.problems.append(Problem(rel, None, None, f"not a readable parquet file: {exc}"))
+        return False
+    schema = pf.schema_arrow
+    missing = [n for n in ARROW_SCHEMA.names if n not in schema.names]
+    extra = [n for n in schema.names if n not in ARROW_SCHEMA.names]
+    if missing or extra:
+        report.problems.append(Problem(rel, None, None, f"columns differ from schema v{SCHEMA_VERSION}: "
+                                                        f"missing {missing}, unexpected {extra}"))
+        return False
+    for f in ARROW_SCHEMA:
+        if not schema.field(f.name).type.equals(f.type):
+            report.problems.append(Problem(rel, None, None, f"column {f.name} has type {schema.field(f.name).type}, "
+                                                            f"expected {f.type}"))
+    meta = schema.metadata or {}
+    try:
+        features = json.loads(meta[b"huggingface"])["info"]["features"]
+        if features != HF_FEATURES:
+            report.problems.append(Problem(rel, None, None, "huggingface features metadata differs from the schema"))
+    except (KeyError, ValueError, TypeError):
+        report.problems.append(Problem(rel, None, None, "no huggingface features metadata (images would not decode)"))
+    version = schema_version_of(schema)
+    if version != SCHEMA_VERSION:
+        report.problems.append(Problem(rel, None, None, f"x2i schema version {version}, expected {SCHEMA_VERSION}"))
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if n > MAX_ROWS_PER_GROUP:
+            report.problems.append(Problem(rel, None, None, f"row group {g} has {n} rows (> {MAX_ROWS_PER_GROUP})"))
+    return True
+
+
+def _image_problem(struct: Any, what: str, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
+    if not isinstance(struct, dict) or not struct.get("bytes"):
+        return f"{what} is missing", None
+    data = struct["bytes"]
+    if not decode_images:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return None, im.size
+        except Exception as exc:
+            return f"{what} has an unreadable header: {exc}", None
+    try:
+        return None, decode(data, DEFAULT_MAX_PIXELS).size
+    except ImageError as exc:
+        return f"{what} does not decode ({exc.reason}: {exc})", None
+
+
+def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], report: Report,
+               multiple: int, decode_images: bool) -> None:
+    rid = row.get("id") or None
+    add = lambda msg: report.problems.append(Problem(rel, index, rid, msg))  # noqa: E731
+    if not rid:
+        add("empty id")
+    elif rid in seen:
+        add(f"duplicate id (first seen in {seen[rid]})")
+    else:
+        seen[rid] = f"{rel} row {index}"
+    if not row.get("task"):
+        add("empty task")
+    inputs = row.get("input_images") or []
+    for msg in problems(row.get("instruction") or "", len(inputs)):
+        add(f"instruction: {msg}")
+    msg, size = _image_problem(row.get("output_image"), "output_image", decode_images)
+    report.images += 1
+    if msg:
+        add(msg)
+    elif size is not None:
+        if (row.get("width"), row.get("height")) != size:
+            add(f"width/height {row.get('width')}x{row.get('height')} but output image is {size[0]}x{size[1]}")
+        if multiple > 1 and (size[0] % multiple or size[1] % multiple):
+            add(f"output size {size[0]}x{size[1]} is not a multiple of {multiple}")
+    for k, struct in enumerate(inputs, 1):
+        report.images += 1
+        msg, _ = _image_problem(struct, f"input image {k}", decode_images)
+        if msg:
+            add(msg)
+    try:
+        if not isinstance(json.loads(row.get("meta") or "null"), dict):
+            add("meta is not a JSON object")
+    except ValueError as exc:
+        add(f"meta is not valid JSON: {exc}")
+    for col in ("aesthetic", "clip_score"):
+        v = row.get(col)
+        if v is not None and not math.isfinite(v):
+            add(f"{col} is {v}")
+
+
+def _check_manifest(root: Path, files: list[Path], report: Report) -> None:
+    path = root / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        report.problems.append(Problem("manifest.json", None, None, f"not valid JSON: {exc}"))
+        return
+    listed = {s["path"]: s for s in manifest.get("shards", [])}
+    on_disk = {str(p.relative_to(root)) for p in files}
+    for rel in sorted(on_disk - set(listed)):
+        report.problems.append(Problem(rel, None, None, "shard not listed in manifest.json"))
+    task_rows: dict[str, int] = {}
+    for rel, info in sorted(listed.items()):
+        task_rows[info["task"]] = task_rows.get(info["task"], 0) + info["rows"]
+        p = root / rel
+        if rel not in on_disk:
+            report.problems.append(Problem(rel, None, None, "listed in manifest.json but missing"))
+            continue
+        rows = pq.ParquetFile(p).metadata.num_rows
+        if rows != info["rows"]:
+            report.problems.append(Problem(rel, None, None, f"{rows} rows, manifest says {info['rows']}"))
+        if file_sha256(p) != info["sha256"]:
+            report.problems.append(Problem(rel, None, None, "sha256 differs from manifest.json"))
+    for task, info in manifest.get("tasks", {}).items():
+        if task_rows.get(task, 0) != info.get("rows"):
+            report.problems.append(Problem("manifest.json", None, None,
+                                           f"task {task}: shards hold {task_rows.get(task, 0)} rows, tasks says {info.get('rows')}"))
+
+
+def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, max_problems: int = 10_000,
+             progress: bool = False) -> Report:
+    """Validate a dataset folder (with or without manifest.json) or a single Parquet file."""
+    root = Path(path)
+    report = Report()
+    if not root.exists():
+        report.problems.append(Problem(str(root), None, None, "no such file or directory"))
+        return report
+    files = shard_files(root)
+    if not files:
+        report.problems.append(Problem(str(root), None, None, "no parquet shards found"))
+        return report
+    base = root if root.is_dir() else root.parent
+    if root.is_dir() and (root / "manifest.json").exists():
+        _check_manifest(root, files, report)
+    seen: dict[str, str] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(pq.ParquetFile(f).metadata.num_rows for f in files), unit="row", desc="validate")
+    for f in files:
+        rel = str(f.relative_to(base))
+        report.files += 1
+        if not _check_schema(f, rel, report):
+            continue
+        pf = pq.ParquetFile(f)
+        index = 0
+        for batch in pf.iter_batches(batch_size=64):
+            for row in batch.to_pylist():
+                _check_row(row, rel, index, seen, report, multiple, decode_images)
+                index += 1
+                report.rows += 1
+            if bar is not None:
+                bar.update(batch.num_rows)
+            if len(report.problems) >= max_problems:
+                report.problems.append(Problem(rel, None, None, f"stopped after {max_problems} problems"))
+                return report
+    if bar is not None:
+        bar.close()
+    return report
