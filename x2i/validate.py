@@ -185,12 +185,12 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
         report.problems.append(Problem(str(root), None, None, "no such file or directory"))
         return report
     files = shard_files(root)
-    if not files:
-        report.problems.append(Problem(str(root), None, None, "no parquet shards found"))
-        return report
     base = root if root.is_dir() else root.parent
     if root.is_dir() and (root / "manifest.json").exists():
         _check_manifest(root, files, report)
+    if not files:
+        report.problems.append(Problem(str(root), None, None, "no parquet shards found"))
+        return report
     seen: dict[str, str] = {}
     bar = None
     if progress:

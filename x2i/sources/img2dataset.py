@@ -114,35 +114,58 @@ def count(shard: Shard) -> int:
     return len(keys)
 
 
-def _tar_records(shard: Shard) -> Iterator[Record]:
-    """Stream a webdataset tar, grouping members by key; a truncated tail yields one 'tar_truncated' record."""
+def _sidecar_rows(shard: Shard) -> dict[str, dict[str, Any]]:
+    """key -> metadata row of the sidecar parquet beside a tar ({} when there is none)."""
+    if not shard.sidecar:
+        return {}
+    rows: dict[str, dict[str, Any]] = {}
+    for batch in pq.ParquetFile(shard.sidecar).iter_batches(batch_size=4096):
+        for row in batch.to_pylist():
+            rows[str(row.get("key"))] = row
+    return rows
+
+
+def _has_end_marker(path: str) -> bool:
+    """A complete tar ends with (at least) two zero blocks; a killed writer leaves none."""
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        if f.tell() < 1024:
+            return False
+        f.seek(-1024, 2)
+        return f.read(1024) == bytes(1024)
+
+
+def _tar_records(shard: Shard, sidecar: dict[str, dict[str, Any]]) -> Iterator[Record]:
+    """Stream a webdataset tar, grouping members by key; damage yields one 'tar_truncated' record."""
     current_key: str | None = None
     parts: dict[str, bytes] = {}
 
     def emit(key: str, parts: dict[str, bytes]) -> Record:
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = dict(sidecar.get(key, {}))
         error = None
         if "json" in parts:
             try:
-                meta = json.loads(parts["json"].decode("utf-8"))
-                if not isinstance(meta, dict):
-                    meta, error = {}, "json member is not an object"
+                loaded = json.loads(parts["json"].decode("utf-8"))
+                if isinstance(loaded, dict):
+                    meta.update(loaded)
+                else:
+                    error = "json member is not an object"
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 error = f"unreadable json member: {exc}"
+        elif not meta:
+            error = "no json member and no sidecar row"
         image = next((parts[e] for e in IMAGE_EXTENSIONS if e in parts), None)
-        extras = {}
-        if "txt" in parts:
-            extras["txt"] = parts["txt"].decode("utf-8", errors="replace")
+        extras = {"txt": parts["txt"].decode("utf-8", errors="replace")} if "txt" in parts else {}
         status = "bad_json" if error else ("success" if image is not None else "image_missing")
         return Record(key, meta, image, status, error, shard.path, extras)
 
+    damaged = None
     try:
         with tarfile.open(shard.path, "r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                name = Path(member.name).name
-                key, _, ext = name.partition(".")
+                key, _, ext = Path(member.name).name.partition(".")
                 if key != current_key:
                     if current_key is not None:
                         yield emit(current_key, parts)
@@ -150,28 +173,13 @@ def _tar_records(shard: Shard) -> Iterator[Record]:
                 f = tar.extractfile(member)
                 parts[ext.lower()] = f.read() if f is not None else b""
     except (tarfile.TarError, EOFError, OSError) as exc:
-        # Everything read before the damage has been (or is about to be) yielded; the rest is one record.
-        if current_key is not None and parts:
-            yield emit(current_key, parts)
-            current_key = None
-        yield Record(f"{Path(shard.path).name}#truncated", {}, None, "tar_truncated", str(exc), shard.path)
-    if current_key is not None:
+        damaged = str(exc)
+    if current_key is not None and parts:
         yield emit(current_key, parts)
-
-
-def _failed_from_sidecar(shard: Shard, seen: set[str]) -> Iterator[Record]:
-    """Rows the sidecar lists as failed (never written into the tar)."""
-    if not shard.sidecar:
-        return
-    pf = pq.ParquetFile(shard.sidecar)
-    if "status" not in pf.schema_arrow.names:
-        return
-    for batch in pf.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            status = _status(row)
-            key = str(row.get("key"))
-            if status != "success" and key not in seen:
-                yield Record(key, row, None, status, row.get("error_message"), shard.sidecar)
+    if damaged is None and not _has_end_marker(shard.path):
+        damaged = "no end-of-archive marker (writer killed?)"
+    if damaged is not None:
+        yield Record(f"{Path(shard.path).name}#truncated", {}, None, "tar_truncated", damaged, shard.path)
 
 
 def _parquet_records(shard: Shard) -> Iterator[Record]:
@@ -191,12 +199,18 @@ def _parquet_records(shard: Shard) -> Iterator[Record]:
 
 
 def iter_records(shard: Shard) -> Iterator[Record]:
-    """Every record of a shard: the images in file order, then the failures only the sidecar knows of."""
+    """Every record of a shard: the images in file order, then the URLs only the sidecar knows of."""
     if shard.kind == "parquet":
         yield from _parquet_records(shard)
         return
+    sidecar = _sidecar_rows(shard)
     seen: set[str] = set()
-    for record in _tar_records(shard):
+    for record in _tar_records(shard, sidecar):
         seen.add(record.key)
         yield record
-    yield from _failed_from_sidecar(shard, seen)
+    # URLs the sidecar lists but the tar lacks: failed downloads, or successes lost with a damaged tar.
+    for key, row in sidecar.items():
+        if key not in seen:
+            status = _status(row)
+            yield Record(key, row, None, status if status != "success" else "missing_from_tar",
+                         row.get("error_message"), shard.sidecar)

@@ -1,0 +1,100 @@
+"""Resume after interruption, executor equivalence and plan safety."""
+import json
+
+import pytest
+
+import x2i.build as build_module
+from x2i.build import build
+from x2i.errors import X2IError
+from x2i.recipe import load_recipe
+from x2i.shards import iter_rows, shard_files
+from x2i.sources.grit import GritSource
+
+LIMIT = 130  # three partitions of the embedded sample (50 + 50 + 30 records)
+
+
+def rows_of(path):
+    return [(r["id"], r["instruction"], r["output_image"]["bytes"], [i["bytes"] for i in r["input_images"]])
+            for f in shard_files(path) for r in iter_rows(f)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False, strict=True)
+    assert len(manifest["partitions"]) >= 3
+    return out, manifest, rows_of(out)
+
+
+def test_interrupted_build_resumes_to_identical_rows(reference, tmp_path, monkeypatch):
+    _, ref_manifest, ref_rows = reference
+    original = GritSource.read
+
+    def read_then_interrupt(self, partition, ctx, limit=None):
+        for n, sample in enumerate(original(self, partition, ctx, limit)):
+            if ctx.partition == 1 and n == 20:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of partition 1
+            yield sample
+
+    monkeypatch.setattr(GritSource, "read", read_then_interrupt)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
+    assert (out / "_progress" / "part-00000.json").exists()
+    assert not (out / "_progress" / "part-00001.json").exists()
+    assert not list(out.rglob(".tmp-*")), "a half-written shard is visible"
+    assert not list(out.rglob("part-00001-*.parquet"))
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(GritSource, "read", original)
+    manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
+    assert rows_of(out) == ref_rows
+    assert manifest["rows"] == ref_manifest["rows"] and manifest["rejects"] == ref_manifest["rejects"]
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in ref_manifest["shards"]]
+
+
+def test_crash_between_commit_and_completion_record_is_redone(reference, tmp_path, monkeypatch):
+    _, _, ref_rows = reference
+    original = build_module.atomic_write_bytes
+
+    def fail_on_record(path, data):
+        if path.name == "part-00002.json":
+            raise OSError("disk vanished")
+        return original(path, data)
+
+    monkeypatch.setattr(build_module, "atomic_write_bytes", fail_on_record)
+    out = tmp_path / "out"
+    with pytest.raises(X2IError, match="partition 2"):
+        build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
+    assert list(out.rglob("part-00002-*.parquet"))  # committed shards without a completion record
+    monkeypatch.setattr(build_module, "atomic_write_bytes", original)
+    build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
+    assert rows_of(out) == ref_rows
+
+
+def test_process_pool_gives_identical_rows(reference, tmp_path):
+    build(load_recipe("subject-driven"), tmp_path / "pool", limit=LIMIT, workers=2, progress=False)
+    assert rows_of(tmp_path / "pool") == reference[2]
+
+
+def test_ray_executor_gives_identical_rows(reference, tmp_path):
+    manifest = build(load_recipe("subject-driven"), tmp_path / "ray", limit=LIMIT, executor="ray", workers=2,
+                     progress=False)
+    assert rows_of(tmp_path / "ray") == reference[2]
+    assert manifest["rejects"] == reference[1]["rejects"]
+
+
+def test_a_different_plan_is_refused_and_overwrite_replaces(reference, tmp_path):
+    out = tmp_path / "out"
+    build(load_recipe("subject-driven"), out, limit=10, progress=False)
+    recipe = load_recipe("subject-driven")
+    recipe.seed = 5
+    with pytest.raises(X2IError, match="different plan"):
+        build(recipe, out, limit=10, progress=False)
+    manifest = build(recipe, out, limit=10, overwrite=True, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["seed"] == 5 == manifest["recipe"]["seed"]
+    stranger = tmp_path / "not-ours"
+    stranger.mkdir()
+    (stranger / "precious.txt").write_text("keep me")
+    with pytest.raises(X2IError, match="not an x2i build"):
+        build(recipe, stranger, limit=10, overwrite=True, progress=False)
+    assert (stranger / "precious.txt").exists()

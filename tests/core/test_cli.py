@@ -1,0 +1,89 @@
+"""The CLI through typer's runner: the commands a new user types."""
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from x2i.cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "sd"
+    result = run("build", "--task", "subject-driven", "--out", out, "--limit", 12, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "subject_driven:" in result.output and "rejected" in result.output
+    return out
+
+
+def test_every_command_has_help():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("build", "validate", "stats", "export", "import", "recipes"):
+        assert command in result.output
+        sub = run(command, "--help")
+        assert sub.exit_code == 0 and "Usage" in sub.output, command
+
+
+def test_build_then_validate_stats_export_import(dataset, tmp_path):
+    assert json.loads((dataset / "manifest.json").read_text())["rows"] > 0
+    result = run("validate", dataset)
+    assert result.exit_code == 0 and "OK:" in result.output
+    result = run("stats", dataset, "--json")
+    stats = json.loads(result.output)
+    assert result.exit_code == 0 and stats["tasks"]["subject_driven"]["rows"] == stats["rows"] > 0
+    result = run("export", dataset, "--out", tmp_path / "og")
+    assert result.exit_code == 0 and (tmp_path / "og" / "data.jsonl").exists()
+    result = run("import", tmp_path / "og" / "data.jsonl", "--images", tmp_path / "og" / "images",
+                 "--out", tmp_path / "back", "-q")
+    assert result.exit_code == 0, result.output
+    assert run("validate", tmp_path / "back").exit_code == 0
+
+
+def test_rerun_resumes_and_seed_change_is_refused(dataset):
+    result = run("build", "--task", "subject-driven", "--out", dataset, "--limit", 12, "--quiet")
+    assert result.exit_code == 0
+    result = run("build", "--task", "subject-driven", "--out", dataset, "--limit", 12, "--seed", 3, "-q")
+    assert result.exit_code == 2 and "different plan" in result.output
+
+
+def test_validate_fails_with_a_per_row_report(dataset, tmp_path):
+    shard = next(dataset.rglob("part-*.parquet"))
+    rows = pq.read_table(shard).to_pylist()
+    rows[1]["instruction"] = "placeholder gone"
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(shard)), bad)
+    result = run("validate", bad)
+    assert result.exit_code == 1
+    assert "bad.parquet row 1" in result.output and "FAILED" in result.output
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--source", "/definitely/not/here"], "/definitely/not/here: no such file or directory"),
+    (["--set", "params.min_crop_sides=3"], "unknown key(s) ['min_crop_sides']"),
+    (["--set", "params.min_crop_side=big"], "expected an integer"),
+    (["--executor", "spark"], "unknown executor"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, needle):
+    result = run("build", "--task", "subject-driven", "--out", tmp_path / "o", "-q", *args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.output
+
+
+def test_missing_column_in_source_is_one_line(tmp_path):
+    meta = tmp_path / "grit.parquet"
+    pq.write_table(pa.table({"url": ["u"], "caption": ["a"]}), meta)
+    images = tmp_path / "images"
+    images.mkdir()
+    result = run("build", "-t", "subject-driven", "--source", meta, "--images", images, "-o", tmp_path / "o", "-q")
+    assert result.exit_code == 2
+    assert f"{meta}: missing column 'noun_chunks'" in result.output
