@@ -19,6 +19,7 @@ from x2i.prompt import placeholder
 from x2i.sample import RejectSample, Sample
 from x2i.builders import Builder
 from x2i.steps import Context, MapStep, Step
+from x2i.boxes import iou
 
 TASK = "subject_driven"
 
@@ -55,14 +56,6 @@ def entity_name(phrase: str) -> tuple[str, str]:
     last = re.sub(r"[^a-z]", "", words[-1].lower())
     be = "are" if last.endswith("s") and not last.endswith(("ss", "us", "is")) else "is"
     return name, be
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class SubjectDrivenStep(MapStep):
@@ -187,7 +180,7 @@ class SubjectDrivenStep(MapStep):
         for ent in order:
             if len(group) == want:
                 break
-            if any(ent["phrase"].lower() == g["phrase"].lower() or _iou(ent["box"], g["box"]) > self.p.max_multi_overlap
+            if any(ent["phrase"].lower() == g["phrase"].lower() or iou(ent["box"], g["box"]) > self.p.max_multi_overlap
                    or not (ent["span"][1] <= g["span"][0] or g["span"][1] <= ent["span"][0]) for g in group):
                 continue
             group.append(ent)

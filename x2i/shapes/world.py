@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from x2i.boxes import iou
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -179,14 +180,6 @@ def _pastel(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(np.clip(grey + t, 0, 255)) for t in tint)
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def random_shape(rng: np.random.Generator, width: int, height: int, kind: str | None = None,
                  color: str | None = None, size: str | None = None) -> Shape:
     kind = kind or SHAPES[rng.integers(len(SHAPES))]
@@ -212,7 +205,7 @@ def make_scene(index: int, seed: int = 0, width: int = 512, height: int = 512,
         for _attempt in range(50):
             cand = random_shape(rng, width, height)
             box = cand.box(width, height)
-            if all(_iou(box, s.box(width, height)) <= max_overlap for s in shapes):
+            if all(iou(box, s.box(width, height)) <= max_overlap for s in shapes):
                 shapes.append(cand)
                 break
     return Scene(width, height, background, tuple(shapes), index, seed)
