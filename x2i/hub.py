@@ -269,12 +269,12 @@ def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest:
     for f in files:
         tasks[f.task] += f.rows
     configs = config_names(sorted(tasks))
-    staged = Staged(out, files, configs, dict(sorted(tasks.items())))
-    card = render_card(dataset, staged, cfg, manifest)
-    atomic_write_bytes(out / CARD, card.encode("utf-8"))
-    staged.files.append(StagedFile(CARD, (out / CARD).stat().st_size, file_sha256(out / CARD)))
     atomic_write_bytes(out / STAGE_RECORD, json.dumps(
         {"key": key, "dataset": str(dataset.resolve()), "files": [asdict(f) for f in files]}, indent=1).encode())
+    staged = Staged(out, list(files), configs, dict(sorted(tasks.items())))
+    card = render_card(dataset, staged, cfg, manifest)  # always rewritten: cheap, and options may differ
+    atomic_write_bytes(out / CARD, card.encode("utf-8"))
+    staged.files.append(StagedFile(CARD, (out / CARD).stat().st_size, file_sha256(out / CARD)))
     return staged
 
 
@@ -308,7 +308,8 @@ def upload(staged: Staged, api: Any, cfg: PublishConfig, log=lambda msg: None) -
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     per_commit = max(1, min(cfg.files_per_commit, MAX_FILES_PER_COMMIT))
-    api.create_repo(cfg.repo_id, repo_type="dataset", private=cfg.private, exist_ok=True)
+    # private=None (not False) when not asked for: an organisation whose repos default to private keeps that default.
+    api.create_repo(cfg.repo_id, repo_type="dataset", private=True if cfg.private else None, exist_ok=True)
     if cfg.revision and cfg.revision != "main":
         api.create_branch(cfg.repo_id, branch=cfg.revision, repo_type="dataset", exist_ok=True)
     remote = {f.path: f for f in api.list_repo_tree(cfg.repo_id, repo_type="dataset", revision=cfg.revision,
