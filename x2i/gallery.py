@@ -186,9 +186,9 @@ def _detail(row: dict[str, Any]) -> dict[str, Any]:
         meta = row.get("meta")
     keys = ("id", "task", "source", "source_key", "width", "height", "aesthetic", "clip_score", "phash", "instruction")
     out = {k: row.get(k) for k in keys}
-    for k in ("aesthetic", "clip_score"):  # JSON.parse has no NaN
-        if isinstance(out[k], float) and not np.isfinite(out[k]):
-            out[k] = None
+    for k in ("aesthetic", "clip_score"):  # float32 noise rounded off; JSON.parse has no NaN
+        if isinstance(out[k], float):
+            out[k] = round(out[k], 4) if np.isfinite(out[k]) else None
     return {**out, "inputs": len(row.get("input_images") or []), "meta": meta}
 
 
