@@ -207,6 +207,34 @@ def condition_pairs(path: str | Path, task: str, n: int = 4, seed: int = 0) -> F
     return fig
 
 
+def family_tasks(cols: dict[str, list], family: str) -> list[str]:
+    """The tasks of a family (`vision` -> vision/canny, vision/depth, ...), or an error naming the families there."""
+    tasks = sorted({t for t in cols["task"] if t.split("/", 1)[0] == family})
+    if not tasks:
+        families = sorted({t.split("/", 1)[0] for t in cols["task"]})
+        raise X2IError(f"no tasks of family {family!r} in this dataset; families there: {families}")
+    return tasks
+
+
+def annotator_counts(path: str | Path, tasks: list[str]) -> list[tuple[str, str, int]]:
+    """(task, annotator as stated in meta, rows) for the given tasks; reads only the task and meta columns."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    counts: Counter = Counter()
+    for f in shard_files(Path(path)):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=4096, columns=["task", "meta"]):
+            for task, meta in zip(batch.column("task").to_pylist(), batch.column("meta").to_pylist()):
+                if task in tasks:
+                    try:
+                        annotator = json.loads(meta or "{}").get("annotator")
+                    except (ValueError, AttributeError):
+                        annotator = None
+                    counts[(task, json.dumps(annotator, sort_keys=True) if annotator else "(not stated)")] += 1
+    return [(t, a, n) for (t, a), n in sorted(counts.items())]
+
+
 def _slug(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", task.replace("/", "__"))
 

@@ -179,3 +179,23 @@ def test_default_stage_folder_is_inside_the_dataset(mixed_dataset, tmp_path):
     # the staged copy is not mistaken for shards of the dataset itself
     result = CliRunner().invoke(app, ["validate", str(copy)])
     assert result.exit_code == 0, result.output
+
+
+def test_dry_run_on_the_shapes_world_build(shapes_build, tmp_path):
+    """Done-when of the issue: the shapes-world build's dry-run folder loads per config, images decoded."""
+    stage_dir = tmp_path / "stage"
+    result = CliRunner().invoke(app, ["publish", str(shapes_build), "--repo-id", "x2i/shapes-subject-driven",
+                                      "--dry-run", "--stage", str(stage_dir)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((shapes_build / "manifest.json").read_text())
+    names = datasets.get_dataset_config_names(str(stage_dir))
+    assert sorted(names) == sorted({"default"} | {t.split("/")[0] for t in manifest["tasks"]})
+    for name in names:
+        ds = datasets.load_dataset(str(stage_dir), name, split="train", cache_dir=str(tmp_path / "hf-cache"))
+        assert ds.num_rows == manifest["rows"]
+        for row in ds.select(range(0, ds.num_rows, 50)):
+            assert row["output_image"].size == (row["width"], row["height"])
+            assert len(row["input_images"]) >= 1 and all(im.size[0] > 0 for im in row["input_images"])
+    for f in (stage_dir / "data").rglob("*.parquet"):
+        md = pq.ParquetFile(f).metadata
+        assert max(md.row_group(g).num_rows for g in range(md.num_row_groups)) <= 100
