@@ -70,7 +70,7 @@ def choose_rows(files: list[Path], per_task: int, seed: int, tasks: list[str] | 
     for task in sorted(wanted):
         rng = np.random.default_rng([seed, int(hashlib.sha1(task.encode()).hexdigest()[:8], 16)])
         n = counts[task]
-        picks[task] = set(np.sort(rng.choice(n, size=min(per_task, n), replace=False)).tolist())
+        picks[task] = np.sort(rng.choice(n, size=min(per_task, n), replace=False))
     chosen: dict[str, list[tuple[int, int]]] = {t: [] for t in sorted(wanted)}
     seen: Counter = Counter()
     for i, path in enumerate(files):  # pass 2: task-local positions -> (file, row)
@@ -79,9 +79,9 @@ def choose_rows(files: list[Path], per_task: int, seed: int, tasks: list[str] | 
             if task not in wanted:
                 continue
             rows = np.flatnonzero(pc.equal(column, task).to_numpy(zero_copy_only=False))
-            local = np.arange(seen[task], seen[task] + len(rows))
+            local = np.arange(seen[task], seen[task] + len(rows))  # the task's k-th, (k+1)-th... rows
             seen[task] += len(rows)
-            chosen[task] += [(i, int(r)) for r, k in zip(rows, local) if int(k) in picks[task]]
+            chosen[task] += [(i, int(r)) for r in rows[np.isin(local, picks[task])]]
     return chosen, counts
 
 
@@ -209,6 +209,7 @@ def build_gallery(dataset: str | Path, out: str | Path, cfg: GalleryConfig | Non
         missing = sorted(set(cfg.tasks) - set(counts))
         if missing:
             raise X2IError(f"no rows of task(s) {missing} in {dataset}; tasks there: {sorted(counts)}")
+    _check_out(out)
     thumb = Thumbnailer(out / THUMBS, cfg.thumb_side)
     broken: list[str] = []
     details: list[dict[str, Any]] = []
@@ -242,6 +243,20 @@ def build_gallery(dataset: str | Path, out: str | Path, cfg: GalleryConfig | Non
     return GalleryResult(index, len(details), shown, thumb.written, thumb.reused, broken)
 
 
+GENERATOR = '<meta name="generator" content="x2i view">'
+
+
+def _check_out(out: Path) -> None:
+    """Write only into an empty folder or an earlier gallery (its thumbnails are pruned, index.html replaced)."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    index = out / "index.html"
+    ours = index.exists() and GENERATOR in index.read_text(errors="replace")[:2000]
+    foreign = [p.name for p in out.iterdir() if p.name not in ("index.html", THUMBS)]
+    if not ours or foreign:
+        raise X2IError(f"{out} is not empty and is not an x2i gallery; choose another --out")
+
+
 def _dataset_name(dataset: Path) -> str:
     manifest = dataset / "manifest.json"
     if manifest.exists():
@@ -253,7 +268,8 @@ def _dataset_name(dataset: Path) -> str:
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="x2i view">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title}: x2i gallery</title><link rel="icon" href="data:,"><style>{css}</style></head>
 <body><header><h1>{title}</h1><p class="summary">{summary}</p><nav id="filter" aria-label="task filter">{buttons}</nav></header>
 <main>{sections}</main>

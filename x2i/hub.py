@@ -249,9 +249,10 @@ def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest:
         files = [StagedFile(**f) for f in previous["files"]]
         log(f"staged data in {out} is up to date ({len(files)} file(s))")
     else:
+        # Mark the folder as ours (with no valid data) first: a staging run that dies half-way can be re-run.
+        atomic_write_bytes(out / STAGE_RECORD, json.dumps({"key": None, "files": []}).encode())
         if (out / "data").exists():
             shutil.rmtree(out / "data")
-        (out / STAGE_RECORD).unlink(missing_ok=True)
         for rel, group in plan.items():
             dst = out / rel
             dst.parent.mkdir(parents=True, exist_ok=True)

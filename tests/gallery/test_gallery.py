@@ -148,3 +148,14 @@ def test_page_text_is_escaped(tmp_path):
     page = Page(text)
     assert page.samples_json[0]["meta"]["note"] == "</script><img src=x onerror=alert(2)>"
     assert len(re.findall(r"<script", text)) == 2
+
+
+def test_gallery_refuses_to_write_over_other_files(mixed_dataset, tmp_path):
+    mine = tmp_path / "site"
+    mine.mkdir()
+    (mine / "index.html").write_text("<html>my page</html>")
+    result = CliRunner().invoke(app, ["view", str(mixed_dataset), "--out", str(mine)])
+    assert result.exit_code == 2 and "not an x2i gallery" in result.output
+    assert (mine / "index.html").read_text() == "<html>my page</html>"
+    build_gallery(mixed_dataset, tmp_path / "g")
+    build_gallery(mixed_dataset, tmp_path / "g")  # an earlier gallery is fine to replace

@@ -199,3 +199,25 @@ def test_dry_run_on_the_shapes_world_build(shapes_build, tmp_path):
     for f in (stage_dir / "data").rglob("*.parquet"):
         md = pq.ParquetFile(f).metadata
         assert max(md.row_group(g).num_rows for g in range(md.num_row_groups)) <= 100
+
+
+def test_staging_that_dies_half_way_can_be_rerun(mixed_dataset, tmp_path, monkeypatch):
+    import x2i.hub
+
+    calls = []
+
+    def failing_merge(sources, dst, rows_per_group):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C while writing the second merged file
+        real_merge(sources, dst, rows_per_group)
+
+    real_merge = x2i.hub._merge
+    monkeypatch.setattr(x2i.hub, "_merge", failing_merge)
+    with pytest.raises(KeyboardInterrupt):
+        stage(mixed_dataset, tmp_path / "stage", PublishConfig("me/mixed"))
+    monkeypatch.setattr(x2i.hub, "_merge", real_merge)
+    staged = stage(mixed_dataset, tmp_path / "stage", PublishConfig("me/mixed"))
+    assert sum(f.rows for f in staged.files) == 23
+    leftovers = [p for p in (tmp_path / "stage").rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []

@@ -31,8 +31,7 @@ def publish_command(
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default: $HF_ENDPOINT or https://huggingface.co)."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Validate image headers only (faster, weaker)."),
 ) -> None:
-    """Publish a dataset to the Hugging Face Hub: data/<task>/ Parquet, a dataset card with one config per task
-    family plus `default`, uploaded in resumable batched commits. The token comes from HF_TOKEN or `hf auth login`."""
+    """Publish a dataset to the Hugging Face Hub (one config per task family + default; resumable: re-run it)."""
     from x2i.errors import X2IError
     from x2i.hub import PublishConfig, check_repo_id, hub_api, redact, resolve_token, stage, upload
     from x2i.validate import validate

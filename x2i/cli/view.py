@@ -18,8 +18,7 @@ def view_command(
     task: list[str] = typer.Option([], "--task", "-t", help="Only these tasks (repeatable)."),
     thumb: int = typer.Option(256, "--thumb", min=32, max=2048, help="Longer side of the thumbnails (px)."),
 ) -> None:
-    """Write a static HTML gallery (open index.html in a browser, no server needed): one section per task, the
-    instruction with its input images in place, the output image, a task filter, and meta on click."""
+    """Write a static HTML gallery of a dataset (open index.html from disk; no server needed)."""
     from x2i.gallery import GalleryConfig, build_gallery
 
     result = build_gallery(path, out, GalleryConfig(per_task=per_task, seed=seed, thumb_side=thumb,
