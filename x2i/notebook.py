@@ -82,7 +82,11 @@ def main(argv: list[str] | None = None) -> None:
         key, sep, value = item.partition("=")
         if not sep:
             parser.error(f"parameters are name=value, got {item!r}")
-        params[key] = _value(value)
+        value = _value(value)
+        # The kernel runs in the notebook's folder: paths given relative to where the command runs are made absolute.
+        if isinstance(value, str) and value and Path(value).exists():
+            value = str(Path(value).resolve())
+        params[key] = value
     execute(args.notebooks[0], params, args.out, args.timeout)
     print(f"executed {args.notebooks[0]}" + (f" -> {args.out}" if args.out else ""))
 

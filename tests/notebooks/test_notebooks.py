@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from x2i.errors import X2IError
-from x2i.notebook import execute, inject_parameters, strip
+from x2i.notebook import execute, inject_parameters, main, strip
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -57,9 +57,13 @@ def test_parameters_are_appended_to_the_parameters_cell():
         inject_parameters(nb, {"dataset": "x"})
 
 
-def test_dataset_qa_notebook_on_the_shapes_build(shapes_build, tmp_path):
+def test_dataset_qa_notebook_on_the_shapes_build(shapes_build, tmp_path, monkeypatch):
     out = tmp_path / "qa.ipynb"
-    nb = execute(NOTEBOOKS / "dataset_qa.ipynb", {"dataset": str(shapes_build), "per_task": 2}, out)
+    # as a user would run it: `python -m x2i.notebook NB dataset=<path relative to here> per_task=2 -o OUT`
+    monkeypatch.chdir(shapes_build.parent)
+    main([str(NOTEBOOKS / "dataset_qa.ipynb"), f"dataset={shapes_build.name}", "per_task=2", "-o", str(out)])
+    nb = nbformat.read(out, as_version=4)
+    assert f"dataset = {str(shapes_build.resolve())!r}" in nb.cells[1].source
     manifest = json.loads((shapes_build / "manifest.json").read_text())
     assert _outputs(nb, "error") == []
     text = _text(nb)
@@ -69,8 +73,8 @@ def test_dataset_qa_notebook_on_the_shapes_build(shapes_build, tmp_path):
     # rows per task, rejects, scores, sizes, and one sample grid per task
     assert _pngs(nb) == 4 + len(manifest["tasks"])
     # the executed copy has outputs; stripping it gives back a clean notebook
-    assert strip(out) is True
-    assert strip(out) is False
+    main(["--strip", str(out)])
+    assert strip(out) is False  # already clean
     assert all(c.outputs == [] for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code")
 
 
