@@ -166,7 +166,7 @@ def render_card(dataset: Path, staged: "Staged", cfg: "PublishConfig", manifest:
     for name, tasks in staged.configs.items():
         info = info_by_name[name]
         n_files = sum(1 for f in staged.files if f.task in tasks)
-        shown = ", ".join(f"`{t}`" for t in tasks[:12]) + (f" (+{len(tasks) - 12})" if len(tasks) > 12 else "")
+        shown = ", ".join(f"`{_md(t)}`" for t in tasks[:12]) + (f" (+{len(tasks) - 12})" if len(tasks) > 12 else "")
         out.append(f"| `{name}` | {shown} | {info['splits'][0]['num_examples']:,} | {n_files} | "
                    f"{_human(info['download_size'])} |")
     out += ["", "| task | rows |", "|---|---:|"]

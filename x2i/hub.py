@@ -289,6 +289,7 @@ class UploadResult:
     uploaded: list[str]  # paths sent
     skipped: list[str]  # paths the remote already had with the same content
     deleted: list[str]  # stale remote data files removed
+    url: str = ""  # the dataset's page
 
 
 def _same(remote: Any, local: StagedFile, root: Path) -> bool:
@@ -323,7 +324,8 @@ def upload(staged: Staged, api: Any, cfg: PublishConfig, log=lambda msg: None) -
     card = [f for f in todo if f.path == CARD]
     # Files under data/ that this publish does not contain would still match the configs' globs: remove them.
     stale = sorted(p for p in remote if p.startswith("data/") and p not in local)
-    result = UploadResult([], [], [f.path for f in skipped], [])
+    result = UploadResult([], [], [f.path for f in skipped], [], f"{api.endpoint}/datasets/{cfg.repo_id}"
+                          + (f"/tree/{cfg.revision}" if cfg.revision else ""))
     if skipped:
         log(f"{len(skipped)} file(s) already on the Hub with the same content: skipped")
 

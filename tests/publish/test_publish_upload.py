@@ -49,6 +49,7 @@ def _no_token_anywhere(result, stage: Path) -> None:
 def test_upload_in_batched_commits_card_last(mixed_dataset, tmp_path, hub, token):
     result = _publish(mixed_dataset, tmp_path / "stage", hub, "--files-per-commit", "2", "--private")
     assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(f"{hub.url}/datasets/me/mixed")
     staged = _staged_files(tmp_path / "stage")
     assert hub.files("me/mixed") == staged  # every staged file, byte for byte, and nothing else
     assert hub.repos["me/mixed"].private is True

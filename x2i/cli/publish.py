@@ -72,7 +72,7 @@ def publish_command(
         raise X2IError(redact(f"upload to {where} failed: {type(exc).__name__}: {' '.join(str(exc).split())} "
                               "(finished commits are kept; re-run the same command to resume)", token)) from None
     typer.echo(f"published {where}: {len(result.uploaded)} file(s) uploaded in {len(result.commits)} commit(s), "
-               f"{len(result.skipped)} already there, {len(result.deleted)} stale file(s) removed")
+               f"{len(result.skipped)} already there, {len(result.deleted)} stale file(s) removed: {result.url}")
 
 
 def register(app: typer.Typer) -> None:
