@@ -110,6 +110,7 @@ def validate_command(
 def stats_command(
     path: Path = typer.Argument(..., help="Dataset folder or Parquet file."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the QA notebook's figures as PNGs into this folder."),
 ) -> None:
     """Rows per task, inputs per sample, output sizes, score summaries and rejects per reason."""
     from x2i.errors import X2IError
@@ -120,6 +121,11 @@ def stats_command(
         raise X2IError(f"{path}: no parquet shards found")
     stats = compute(path)
     typer.echo(json.dumps(stats, indent=1) if as_json else render(stats))
+    if plot is not None:
+        from x2i.plots import save_all
+
+        written = save_all(path, plot)
+        typer.echo(f"wrote {len(written)} figure(s) to {plot}", err=as_json)  # keep --json output parseable
 
 
 @user_errors

@@ -16,6 +16,8 @@ from x2i.errors import X2IError
 
 COMMAND_MODULES = [
     "x2i.cli.data",
+    "x2i.cli.publish",
+    "x2i.cli.view",
 ]
 
 app = typer.Typer(
