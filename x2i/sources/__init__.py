@@ -19,6 +19,12 @@ from x2i.steps import Context
 # format name -> "module:Class"; imported on use so a build loads only what it reads.
 SOURCE_FORMATS: dict[str, str] = {
     "grit": "x2i.sources.grit:GritSource",
+    "laion": "x2i.sources.laion:LaionSource",
+    "instructpix2pix": "x2i.sources.edits:InstructPix2PixSource",
+    "magicbrush": "x2i.sources.edits:MagicBrushSource",
+    "ultraedit": "x2i.sources.edits:UltraEditSource",
+    "hq_edit": "x2i.sources.edits:HQEditSource",
+    "seed_data_edit": "x2i.sources.seed_edit:SeedDataEditSource",
 }
 
 
