@@ -11,12 +11,11 @@ columns (with their provenance in meta) until a curation step recomputes them.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from x2i.builders import Builder
-from x2i.curation.filters import threshold_reason
+from x2i.curation.filters import json_safe, threshold_reason
 from x2i.imageio import fit
 from x2i.sample import RejectSample, Sample
 from x2i.steps import Context, MapStep, Step
@@ -30,19 +29,6 @@ class TextToImageParams:
     min_aesthetic: float | None = 4.75  # keep LAION aesthetic (v1 aesthetic / v2 AESTHETIC_SCORE) > this
     max_pwatermark: float | None = 0.5  # keep watermark probability < this
     max_punsafe: float | None = 0.5  # keep NSFW probability < this
-
-
-def json_safe(meta: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf floats become null (JSON has no NaN) and are listed in `nan_fields`, so later steps still know."""
-    out, bad = {}, []
-    for k, v in meta.items():
-        if isinstance(v, float) and not math.isfinite(v):
-            bad.append(k)
-            v = None
-        out[k] = v
-    if bad:
-        out["nan_fields"] = sorted(set(out.get("nan_fields") or []) | set(bad))
-    return out
 
 
 class TextToImageStep(MapStep):

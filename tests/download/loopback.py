@@ -29,6 +29,7 @@ BIG = jpeg_bytes(size=(64, 48)) + b"\0" * 300_000  # a JPEG header followed by p
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     hits: dict[str, int] = {}
+    files: dict[str, bytes] = {}  # extra paths served as image/jpeg (e.g. a LAION parquet's URLs)
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep test output clean
@@ -51,6 +52,8 @@ class Handler(BaseHTTPRequestHandler):
         with self.lock:
             self.hits[path] = self.hits.get(path, 0) + 1
             hit = self.hits[path]
+        if path in self.files:
+            return self._send(200, self.files[path])
         if path.startswith("/good") and path.endswith(".jpg"):
             return self._send(200, JPEG)
         if path == "/good.png":
@@ -116,8 +119,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class LoopbackServer:
-    def __init__(self):
+    def __init__(self, files: dict[str, bytes] | None = None):
         Handler.hits = {}
+        Handler.files = dict(files or {})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

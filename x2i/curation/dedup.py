@@ -3,7 +3,9 @@
 What counts as a duplicate: two samples of the same task whose input images are byte-identical (no inputs for
 text-to-image) and whose output images are byte-identical (`duplicate_sha256`) or within `max_distance` bits of
 64-bit pHash (`duplicate_phash`). Comparing within (task, inputs) keeps legitimately different samples apart:
-an edit and its inverse, a MagicBrush turn and the chain ending on the same target.
+an edit and its inverse, a MagicBrush turn and the chain ending on the same target. For samples with input
+images a near duplicate must also have the same instruction (case and spacing aside): a small edit barely moves
+a 64-bit pHash, so different edits of one image have perceptually close outputs by design.
 
 Two passes, one rule ("the first occurrence in (partition, row) order is kept"):
 1. during the build, `DedupStep` hashes each sample (`meta.sha256`, `meta.inputs_sha256`, the `phash` column)
@@ -77,22 +79,25 @@ class Deduper:
         self.exact: dict[tuple, Any] = {}
         self.near: dict[tuple, NearIndex] = {}
 
-    def check(self, group: tuple, sha: str | None, phash: str | None, ref: Any) -> tuple[str, Any, int] | None:
-        """(reason, ref of the kept original, distance) for a duplicate; otherwise remember it and return None."""
+    def check(self, group: tuple, sha: str | None, phash: str | None, ref: Any,
+              near_group: tuple | None = None) -> tuple[str, Any, int] | None:
+        """(reason, ref of the kept original, distance) for a duplicate; otherwise remember it and return None.
+        Exact matches are looked up in `group`, near ones in `near_group` (default: the same group)."""
+        near_group = group if near_group is None else near_group
         if "sha256" in self.by and sha:
             hit = self.exact.get((group, sha))
             if hit is not None:
                 return "duplicate_sha256", hit, 0
         value = int(phash, 16) if ("phash" in self.by and phash) else None
         if value is not None:
-            index = self.near.setdefault(group, NearIndex(self.k))
+            index = self.near.setdefault(near_group, NearIndex(self.k))
             hit = index.find(value)
             if hit is not None:
                 return "duplicate_phash", hit[0], hit[1]
         if "sha256" in self.by and sha:
             self.exact[(group, sha)] = ref
         if value is not None:
-            self.near[group].add(value, ref)
+            self.near[near_group].add(value, ref)
         return None
 
 
@@ -112,6 +117,12 @@ def sample_hashes(sample: Sample, want_phash: bool) -> None:
 
 def _group(task: str, meta: dict[str, Any]) -> tuple:
     return task, meta.get("inputs_sha256") or ""
+
+
+def _near_group(task: str, meta: dict[str, Any], instruction: str) -> tuple:
+    if not meta.get("inputs_sha256"):
+        return _group(task, meta)
+    return task, meta["inputs_sha256"], " ".join(instruction.lower().split())
 
 
 @dataclass
@@ -142,7 +153,8 @@ class DedupStep(Step):
                 continue
             if self.p.within_partition:
                 hit = seen.check(_group(sample.task, sample.meta), sample.meta.get("sha256"), sample.phash,
-                                 (sample.id, sample.source, sample.source_key))
+                                 (sample.id, sample.source, sample.source_key),
+                                 _near_group(sample.task, sample.meta, sample.instruction))
                 if hit is not None:
                     reason, (kept_id, src, key), distance = hit
                     ctx.reject(sample, reason, self.name, f"duplicate of {src}/{key} (distance {distance})",
@@ -178,12 +190,13 @@ class DedupStep(Step):
         drops, checked = [], 0
         for rec in sorted(records, key=lambda r: r["index"]):
             for shard in rec["shards"]:
-                columns = ["id", "task", "source", "source_key", "phash", "meta"]
+                columns = ["id", "task", "instruction", "source", "source_key", "phash", "meta"]
                 for row in iter_rows(out / shard["path"], columns=columns, batch_rows=1024):
                     checked += 1
                     meta = json.loads(row["meta"]) if row["meta"] else {}
                     hit = seen.check(_group(row["task"], meta), meta.get("sha256"), row["phash"],
-                                     (row["id"], row["source"], row["source_key"], rec["index"]))
+                                     (row["id"], row["source"], row["source_key"], rec["index"]),
+                                     _near_group(row["task"], meta, row["instruction"]))
                     if hit is None:
                         continue
                     reason, (kept_id, src, key, part), distance = hit

@@ -35,6 +35,19 @@ def threshold_reason(name: str, value: Any, min: float | None = None, max: float
     return None
 
 
+def json_safe(meta: dict[str, Any]) -> dict[str, Any]:
+    """NaN/inf floats become null (JSON has no NaN) and are listed in `nan_fields`, so later steps still know."""
+    out, bad = {}, []
+    for k, v in meta.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            bad.append(k)
+            v = None
+        out[k] = v
+    if bad:
+        out["nan_fields"] = sorted(set(out.get("nan_fields") or []) | set(bad))
+    return out
+
+
 def get_field(meta: dict[str, Any], dotted: str) -> tuple[bool, Any]:
     """(found, value) of a dotted path into meta."""
     node: Any = meta

@@ -7,7 +7,7 @@ shapes are placed on free ground and their position named on a 3x3 grid. The exa
 the set of pixels whose rendered value differs (`change_mask`), so it covers exactly the changed shapes.
 
 `edit_chain(index, seed, ...)` makes 1..max_turns edits in a row on scene `index` (turn k's before is turn
-k-1's after): MagicBrush-style multi-turn sessions.
+k-1's after, and no turn undoes the one before): MagicBrush-style multi-turn sessions.
 """
 from __future__ import annotations
 
@@ -136,7 +136,12 @@ def edit_chain(index: int, seed: int = 0, size: int = 512, max_turns: int = 3) -
     turns = int(rng.integers(1, max_turns + 1))
     chain: list[Edit] = []
     for _ in range(turns):
-        edit = make_edit(scene, rng)
+        for _attempt in range(5):  # a turn that undoes the previous one (add, then remove it) teaches nothing
+            edit = make_edit(scene, rng)
+            if edit is None or not chain or edit.after.shapes != chain[-1].before.shapes:
+                break
+        else:
+            break
         if edit is None:
             break
         chain.append(edit)
