@@ -156,7 +156,7 @@ def bad_variants(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     big = Image.open(io.BytesIO(a["after"])).resize((128, 96))
     a.update(after=encode(big, "PNG"), _expect="size_mismatch")
     b.update(after=b["before"], _expect="no_change")
-    c.update(after=c["after"][:40], _expect="image_corrupt")
+    c.update(after=c["after"][: len(c["after"]) // 2], _expect="image_corrupt")
     d.update(instruction=None, _expect="instruction_missing")
     return [a, b, c, d]
 

@@ -138,7 +138,7 @@ class CaptionCleanParams:
     strip_urls: bool = True
     min_words: int = 1  # reject instructions with fewer words of text (placeholders not counted)
     max_chars: int = 2000  # reject longer ones (LAION has pasted pages as captions)
-    min_letter_ratio: float = 0.3  # reject text that is mostly digits / symbols (file names, SKUs)
+    min_letter_ratio: float = 0.5  # reject text that is mostly digits / symbols (file names, SKUs)
 
 
 class CaptionCleanStep(MapStep):
