@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "x2i.cli.data",
     "x2i.cli.publish",
     "x2i.cli.view",
+    "x2i.cli.download",
 ]
 
 app = typer.Typer(
