@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from x2i.shapes.world import COLORS, SHAPES, SIZES, Scene, Shape, _iou, make_scene, random_shape
+from x2i.boxes import iou
+from x2i.shapes.world import COLORS, SHAPES, SIZES, Scene, Shape, make_scene, random_shape
 
 EDIT_KINDS = ("recolour", "move", "add", "remove", "resize")
 MAX_SHAPES = 5
@@ -62,7 +63,7 @@ def _fits(scene: Scene, shape: Shape, others: list[Shape]) -> bool:
     if x0 < 0 or y0 < 0 or x1 > scene.width or y1 > scene.height:
         return False
     box = shape.box(scene.width, scene.height)
-    return all(_iou(box, o.box(scene.width, scene.height)) <= MAX_OVERLAP for o in others)
+    return all(iou(box, o.box(scene.width, scene.height)) <= MAX_OVERLAP for o in others)
 
 
 def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
