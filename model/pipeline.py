@@ -24,8 +24,10 @@ from .vae import ImageCodec, from_model_latents, load_vae, to_model_latents
 OFFLOAD_MODES = ("none", "model", "layers")
 
 
+@torch.no_grad()
 def encode_condition_images(cond: Condition, codec: ImageCodec) -> Condition:
-    """The condition with each input image encoded to model latents (one codec call per image: sizes differ)."""
+    """The condition with each input image encoded to model latents (one codec call per image: sizes differ).
+    No gradients: the codec is frozen while the model trains."""
     return cond.with_latents([to_model_latents(codec, p[None])[0] for p in cond.pixels])
 
 
