@@ -25,7 +25,6 @@ import torch
 from x2i.errors import X2IError
 
 from .config import FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config, to_phi3_config
-from .layers import LongRoPE
 from .omnigen import OmniGen
 
 ENV_VAR = "X2I_OMNIGEN_DIR"
@@ -217,7 +216,6 @@ def model_from_state(config: OmniGenConfig, state: dict[str, torch.Tensor], wher
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise X2IError(f"{where}: {exc}") from None
-    model.rope = LongRoPE(config)  # non-persistent buffers were created on the meta device
     return model.eval()
 
 
@@ -236,3 +234,24 @@ def save_model(model: OmniGen, directory: str | Path, layout: str = "x2i") -> No
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def convert_checkpoint(source: str | Path, destination: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Any loadable layout (official, diffusers, ours) -> a complete directory in our layout: config.json,
+    model.safetensors, the tokenizer files and vae/."""
+    import shutil
+
+    layout = detect_layout(resolve_model_dir(source))
+    destination = Path(destination)
+    save_model(load_model(layout.root, dtype=dtype), destination)
+    for name in TOKENIZER_FILES:
+        if (layout.tokenizer_dir / name).is_file():
+            shutil.copy2(layout.tokenizer_dir / name, destination / name)
+    if not layout.vae_dir.is_dir():
+        raise X2IError(f"VAE folder {layout.vae_dir} not found")
+    shutil.copytree(layout.vae_dir, destination / "vae", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
+    return destination

@@ -258,7 +258,7 @@ class OmniGen(nn.Module):
             hidden = torch.cat([self.embed_condition(cond), time_token, out_tokens], dim=1)
             valid = torch.cat([cond_valid, torch.ones_like(cond_valid[:, :1]), out_valid], dim=1)
             positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-            cos, sin = self.rope(positions, valid.sum(1))
+            cos, sin = self.rope(positions, valid.sum(1), hidden.dtype)
             mask = self.full_mask(cond, out_valid)
             hidden, _ = self.llm(hidden, cos, sin, mask)
         else:
@@ -268,7 +268,7 @@ class OmniGen(nn.Module):
             hidden = torch.cat([time_token, out_tokens], dim=1)
             new_valid = torch.cat([torch.ones_like(out_valid[:, :1]), out_valid], dim=1)
             positions = cache.lengths[:, None] + new_valid.long().cumsum(1) - 1
-            cos, sin = self.rope(positions, cache.lengths + new_valid.sum(1))
+            cos, sin = self.rope(positions, cache.lengths + new_valid.sum(1), hidden.dtype)
             padded = cache.padded or len(set(counts)) > 1
             key_valid = torch.cat([cache.valid, new_valid], dim=1) if padded else None
             mask = StepMask(time_keys=cache.valid.shape[1] + 1, key_valid=key_valid)
@@ -294,7 +294,7 @@ class OmniGen(nn.Module):
         lengths = cond.valid.sum(1)
         positions = (cond.valid.long().cumsum(1) - 1).clamp(min=0)
         total = lengths + 1 + torch.tensor(counts, device=lengths.device)
-        cos, sin = self.rope(positions, total)
+        cos, sin = self.rope(positions, total, hidden.dtype)
         mask = self.condition_mask(cond) & cond.valid[:, None, :]
         mask |= torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
         _, kv = self.llm(hidden, cos, sin, mask[:, None], keep_kv=True, final_norm=False)

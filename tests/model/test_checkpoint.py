@@ -130,3 +130,25 @@ def test_found_in_hugging_face_cache(tiny_dir, tmp_path, monkeypatch):
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(X2IError, match="no config.json"):
         load_model(tmp_path)
+
+
+def test_rotary_frequencies_stay_fp32_when_the_model_is_cast(tiny_model):
+    import copy
+
+    half = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    assert half.rope.inv_freq_long.dtype == torch.float32
+    assert torch.equal(half.rope.inv_freq_long, tiny_model.rope.inv_freq_long)
+    assert torch.equal(half.rope.inv_freq_short, tiny_model.rope.inv_freq_short)
+
+
+def test_convert_diffusers_layout_to_ours(tiny_model, processor, tmp_path):
+    from x2i.model.checkpoint import convert_checkpoint, detect_layout
+    from x2i.model.pipeline import OmniGenPipeline
+    from x2i.model.tiny import make_tiny_checkpoint
+
+    source = make_tiny_checkpoint(tmp_path / "diffusers", layout="diffusers", model=tiny_model)
+    converted = convert_checkpoint(source, tmp_path / "ours")
+    assert detect_layout(converted).kind == "x2i"
+    kwargs = dict(height=32, width=32, steps=2, seed=0, output_type="tensor")
+    torch.testing.assert_close(OmniGenPipeline.from_pretrained(converted, device="cpu")("a cat", **kwargs),
+                               OmniGenPipeline.from_pretrained(source, device="cpu")("a cat", **kwargs))

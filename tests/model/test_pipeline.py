@@ -73,8 +73,9 @@ def test_input_image_size_as_output(pipe):
     assert image.size == (64, 48)  # the input image after the size policy (centre crop to multiples of 16)
 
 
-def test_model_offload_gives_the_same_image(tiny_dir, pipe):
-    offloaded = OmniGenPipeline.from_pretrained(tiny_dir, device="cpu", offload="model")
+@pytest.mark.parametrize("mode", ["model", "layers"])
+def test_offload_gives_the_same_image(tiny_dir, pipe, mode):
+    offloaded = OmniGenPipeline.from_pretrained(tiny_dir, device="cpu", offload=mode)
     kwargs = dict(seed=3, output_type="tensor", **SMALL)
     torch.testing.assert_close(offloaded("a <img><|image_1|></img>", [_photo()], **kwargs),
                                pipe("a <img><|image_1|></img>", [_photo()], **kwargs))
