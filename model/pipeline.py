@@ -67,13 +67,18 @@ class OmniGenPipeline:
 
     def _stream_layers(self) -> None:
         """Everything on the device except the decoder layers, each moved in just before it runs and out after."""
-        device = self.device
-        self.model.to(device)
+        def load(module, args):  # hooks must return None, or they replace the arguments / output
+            module.to(self.device)
+
+        def unload(module, args, output):
+            module.to("cpu")
+
+        self.model.to(self.device)
         for layer in self.model.llm.layers:
             layer.to("cpu")
-            layer.register_forward_pre_hook(lambda module, args: module.to(device))
-            layer.register_forward_hook(lambda module, args, output: module.to("cpu"))
-        self.codec.to(device)
+            layer.register_forward_pre_hook(load)
+            layer.register_forward_hook(unload)
+        self.codec.to(self.device)
 
     def _place(self, module, active: bool) -> None:
         if self.offload == "model":
