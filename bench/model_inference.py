@@ -53,7 +53,7 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
     config = preset(name)
     with torch.device("meta"):
         model = OmniGen(config)
-    model = model.to_empty(device=device)
+    model = model.to(dtype).to_empty(device=device)  # allocated once, directly in the target dtype
     for param_name, p in model.named_parameters():
         if p.ndim == 1:
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in param_name else 0.1 * torch.randn_like(p))
@@ -63,7 +63,7 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
 
     model.pos_embed.copy_(sincos_pos_embed(config.hidden_size, config.pos_embed_max_size,
                                            config.pos_embed_base_size)[None])
-    return model.to(dtype).eval()
+    return model.eval()
 
 
 def sync(device: torch.device) -> None:
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vae", default=None, choices=["tiny", "sdxl"], help="default: tiny on CPU, sdxl on GPU")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default 1 on CPU: steady figures on a shared machine; torch's default on GPU)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per case, best kept (default 3 CPU, 1 GPU)")
     args = parser.parse_args(argv)
 
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     with_diffusers = args.diffusers if args.diffusers is not None else device.type == "cpu"
     args.repeats = args.repeats or (3 if device.type == "cpu" else 1)
+    if args.threads or device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
     vae_kind = args.vae or ("tiny" if device.type == "cpu" else "sdxl")
 
     tmp = Path(tempfile.mkdtemp(prefix="x2i-bench-"))
