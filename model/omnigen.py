@@ -209,10 +209,11 @@ class OmniGen(nn.Module):
         return tokens, valid
 
     def unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(h*w/p^2, p*p*C) -> (C, h, w)."""
+        """(..., h*w/p^2, p*p*C) -> (..., C, h, w)."""
         p, c = self.config.patch_size, self.config.in_channels
-        x = tokens.reshape(h // p, w // p, p, p, c)
-        return torch.einsum("hwpqc->chpwq", x).reshape(c, h, w)
+        lead = tokens.shape[:-2]
+        x = tokens.reshape(*lead, h // p, w // p, p, p, c)
+        return torch.einsum("...hwpqc->...chpwq", x).reshape(*lead, c, h, w)
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
@@ -254,9 +255,8 @@ class OmniGen(nn.Module):
         t = t.to(out_tokens.device).expand(b) if t.ndim == 0 else t.to(out_tokens.device)
         time_token = self.time_token(t)[:, None]
         if cache is None:
-            cond_valid = cond.valid
             hidden = torch.cat([self.embed_condition(cond), time_token, out_tokens], dim=1)
-            valid = torch.cat([cond_valid, torch.ones_like(cond_valid[:, :1]), out_valid], dim=1)
+            valid = torch.cat([cond.valid, torch.ones_like(cond.valid[:, :1]), out_valid], dim=1)
             positions = (valid.long().cumsum(1) - 1).clamp(min=0)
             cos, sin = self.rope(positions, valid.sum(1), hidden.dtype)
             mask = self.full_mask(cond, out_valid)
@@ -275,7 +275,7 @@ class OmniGen(nn.Module):
             hidden, _ = self.llm(hidden, cos, sin, mask, past=cache.kv)
         out = self.final_layer(hidden[:, -n_out:], self.t_embedder(t))
         if isinstance(x, torch.Tensor):
-            return torch.stack([self.unpatchify(o, *x.shape[-2:]) for o in out])
+            return self.unpatchify(out, *x.shape[-2:])
         p2 = self.config.patch_size ** 2
         return [self.unpatchify(o[: xi.shape[-2] * xi.shape[-1] // p2], *xi.shape[-2:]) for o, xi in zip(out, x)]
 
