@@ -214,3 +214,28 @@ def test_pos_embed_matches_diffusers():
     ref = OmniGenTransformer2DModel(**to_diffusers_kwargs(CONFIG)).patch_embedding.pos_embed[0]
     torch.testing.assert_close(sincos_pos_embed(CONFIG.hidden_size, CONFIG.pos_embed_max_size, 64), ref,
                                atol=1e-6, rtol=0)
+
+
+def test_mask_and_positions_match_omnigen_collator(reference, processor):
+    """OmniGen's attention mask and position ids (built by diffusers' copy of OmniGen's collator) equal the ones
+    our model derives from the padding mask, for every real token of a left-padded batch."""
+    from x2i.model.omnigen import position_ids
+
+    _, ours = reference
+    prompts = ["<img><|image_1|></img> small", "a longer prompt: <img><|image_1|></img> and <img><|image_2|></img>"]
+    latents = [_latents((2, 4)), _latents((4, 4), (2, 6), seed=1)]
+    out_hw = (4, 6)
+    pixels = [[torch.zeros(3, h * VAE_FACTOR, w * VAE_FACTOR) for _, h, w in (l.shape for l in lat)] for lat in latents]
+    cond = processor(prompts, pixels)
+    n_out = out_hw[0] * out_hw[1] // 4
+    out_valid = torch.ones(2, n_out, dtype=torch.bool)
+    valid = torch.cat([cond.valid, torch.ones(2, 1, dtype=torch.bool), out_valid], dim=1)
+    reference_inputs = _reference_inputs(processor, prompts, latents, out_hw)
+    expected_mask = reference_inputs["attention_mask"].bool()
+    mask = ours.full_mask(cond, out_valid)[:, 0]
+    assert mask.shape == expected_mask.shape
+    for b in range(2):
+        real = valid[b]
+        assert torch.equal(mask[b][real], expected_mask[b][real])  # rows of real tokens (padding rows differ)
+        assert torch.equal(position_ids(valid)[b][real], reference_inputs["position_ids"][b][real])
+    assert not bool(cond.valid[0].all())
