@@ -52,3 +52,14 @@ def test_placeholder_mismatch_is_a_user_error(tiny_dir, tmp_path):
     Image.new("RGB", (32, 32)).save(tmp_path / "in.png")
     result = _generate(tiny_dir, tmp_path / "x.png", "--input-image", str(tmp_path / "in.png"))
     assert result.exit_code == 2 and "0 placeholder(s) for 1 input image(s)" in result.output
+
+
+def test_generate_with_a_pixel_codec_checkpoint(tmp_path):
+    """A tiny model that uses no pretrained VAE at all (what issue 6 trains on CPU) generates through the CLI."""
+    from x2i.model.tiny import make_tiny_checkpoint
+
+    root = make_tiny_checkpoint(tmp_path / "pixel", pixel_codec_factor=2)
+    result = _generate(root, tmp_path / "p.png", "--height", "16", "--width", "24")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.size == (24, 16)
