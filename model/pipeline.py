@@ -7,6 +7,7 @@ is short, an input image is thousands of tokens) and LongRoPE decides per branch
 """
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -115,6 +116,8 @@ class OmniGenPipeline:
         input_images = input_images or [[] for _ in prompts]
         if steps < 1:
             raise X2IError(f"steps must be at least 1, got {steps}")
+        if output_type not in ("pil", "tensor", "latent"):
+            raise X2IError(f"output_type must be pil, tensor or latent, got {output_type!r}")
         self.processor.max_input_image_size = max_input_image_size
         batch = self.processor.cfg_batch(prompts, input_images, negative_prompt, use_image_guidance=True)
         if use_input_image_size_as_output:
@@ -137,7 +140,8 @@ class OmniGenPipeline:
 
         f = self.codec.downsample
         shape = (len(prompts), self.codec.latent_channels, height // f, width // f)
-        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        # No seed: a fresh one from the OS, leaving torch's global generator alone.
+        generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
         z = torch.randn(shape, generator=generator).to(self.device)  # drawn on CPU: same noise on any device
 
         self._place(self.model, True)
