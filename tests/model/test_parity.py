@@ -18,7 +18,7 @@ from diffusers.pipelines.omnigen.processor_omnigen import (  # noqa: E402
 
 from x2i.model.checkpoint import from_diffusers_state_dict, load_model, model_from_state  # noqa: E402
 from x2i.model.config import preset, to_diffusers_kwargs  # noqa: E402
-from x2i.model.processor import Processor, fit_image, to_tensor  # noqa: E402
+from x2i.model.processor import Processor, fit_image  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 CONFIG = preset("tiny")
