@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "x2i.cli.publish",
     "x2i.cli.view",
     "x2i.cli.download",
+    "x2i.cli.model",
 ]
 
 app = typer.Typer(
