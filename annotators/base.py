@@ -52,6 +52,16 @@ class NoOptions:
     pass
 
 
+def import_controlnet_aux() -> None:
+    """Import controlnet_aux once, quietly: its package init imports every detector and warns about optional
+    extras we never use (mediapipe, mmpose) and about timm/torch deprecations."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import controlnet_aux  # noqa: F401
+
+
 def library_version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

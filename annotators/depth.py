@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import Annotation, Annotator, bucketed, resize_short
+from .base import Annotation, Annotator, bucketed, import_controlnet_aux, resize_short
 from .edges import ANNOTATORS_REPO
 from .weights import ResolvedWeights, WeightSpec
 
@@ -58,6 +58,7 @@ class MidasDepth(Annotator):
         return [WeightSpec(ANNOTATORS_REPO, ("dpt_hybrid-midas-501f0c75.pt",), "MIT")]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
+        import_controlnet_aux()
         from controlnet_aux import MidasDetector
 
         return MidasDetector.from_pretrained(str(weights[0].directory)).to(self.device).model

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import Annotation, Annotator, bucketed, resize_short
+from .base import Annotation, Annotator, bucketed, import_controlnet_aux, resize_short
 from .weights import ResolvedWeights, WeightSpec
 
 ANNOTATORS_REPO = "lllyasviel/Annotators"  # ControlNet's annotator checkpoints, as controlnet_aux loads them
@@ -66,6 +66,7 @@ class LineartStandard(Annotator):
     default_batch_size = 32
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
+        import_controlnet_aux()
         from controlnet_aux import LineartStandardDetector
 
         return LineartStandardDetector()
@@ -115,6 +116,7 @@ class HED(_TorchEdges):
         return [WeightSpec(ANNOTATORS_REPO, ("ControlNetHED.pth",), "Apache-2.0")]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
+        import_controlnet_aux()
         from controlnet_aux import HEDdetector
 
         return HEDdetector.from_pretrained(str(weights[0].directory)).to(self.device).netNetwork
@@ -142,6 +144,7 @@ class Lineart(_TorchEdges):
         return [WeightSpec(ANNOTATORS_REPO, ("sk_model.pth", "sk_model2.pth"), "MIT")]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
+        import_controlnet_aux()
         from controlnet_aux import LineartDetector
 
         det = LineartDetector.from_pretrained(str(weights[0].directory)).to(self.device)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import Annotation, Annotator, resize_short
+from .base import Annotation, Annotator, import_controlnet_aux, resize_short
 from .edges import ANNOTATORS_REPO
 from .weights import ResolvedWeights, WeightSpec
 
@@ -47,6 +47,7 @@ class OpenPose(Annotator):
         return [WeightSpec(ANNOTATORS_REPO, tuple(files), "CMU OpenPose academic/non-commercial")]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
+        import_controlnet_aux()
         from controlnet_aux.open_pose import OpenposeDetector
         from controlnet_aux.open_pose.body import Body
         from controlnet_aux.open_pose.face import Face
@@ -60,6 +61,8 @@ class OpenPose(Annotator):
 
     def _annotate(self, images: list[Image.Image]) -> list[Annotation]:
         import cv2
+
+        import_controlnet_aux()
         from controlnet_aux.open_pose import draw_poses
 
         o = self.options

@@ -31,6 +31,9 @@ def _strip_block(state: dict) -> dict:
 
 
 def _controlnet_aux(name: str, d: Path) -> None:
+    from .base import import_controlnet_aux
+
+    import_controlnet_aux()
     if name == "hed":
         from controlnet_aux.hed import ControlNetHED_Apache2
 

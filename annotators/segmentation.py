@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import Annotation, Annotator, AnnotatorError, bucketed
+from .base import Annotation, Annotator, AnnotatorError, bucketed, import_controlnet_aux
 from .depth import TRANSFORMERS_FILES, quiet_transformers
 from .weights import ResolvedWeights, WeightSpec
 
 
 def palette(n: int) -> np.ndarray:
     """n RGB colours: ADE20K's for the first 150 labels (what ControlNet's seg models saw), then fixed random."""
+    import_controlnet_aux()
     from controlnet_aux.util import ade_palette
 
     base = np.array(ade_palette(), dtype=np.uint8)

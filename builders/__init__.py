@@ -17,6 +17,11 @@ from x2i.steps import Step
 # builder name -> "module:Class" (imported on use)
 BUILDERS: dict[str, str] = {
     "subject_driven": "x2i.builders.subject_driven:SubjectDrivenBuilder",
+    "vision": "x2i.builders.vision_control:VisionBuilder",
+    "control": "x2i.builders.vision_control:ControlBuilder",
+    "referring_segmentation": "x2i.builders.referring_segmentation:ReferringSegmentationBuilder",
+    "layout": "x2i.builders.layout:LayoutBuilder",
+    "few_shot": "x2i.builders.few_shot:FewShotBuilder",
 }
 
 # recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__
