@@ -142,7 +142,11 @@ class Annotator:
     # -- running -------------------------------------------------------------------------------------------
     def load(self) -> None:
         if self._model is None:
-            self._model = self._load(self.resolve_weights())
+            import warnings
+
+            with warnings.catch_warnings():  # library deprecation chatter (timm, torch.load) while building models
+                warnings.simplefilter("ignore")
+                self._model = self._load(self.resolve_weights())
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
         return True

@@ -1,8 +1,8 @@
 """Referring segmentation from GRIT phrases + boxes (OmniGen's X2I format).
 
 `Find the small red circle in <img><|image_1|></img> and color it blue.` -> the same photo with that object
-tinted blue. The object's region is a box-prompted mask from a masker annotator (`masker: sam`) when its weights
-are present, else the box itself; `meta.mask_source` says which ("sam" or "box"), so training can weight them.
+tinted blue. The object's region is a box-prompted mask from a masker annotator (`masker: sam`, clipped to its box) when
+its weights are present, else the box itself; `meta.mask_source` says which ("sam" or "box"), so training can weight them.
 
 A GRIT span detected several times (one chunk per instance) is one referent with several boxes: all are coloured.
 Entities are filtered like subject-driven ones (confidence, box area) with every refusal counted.
@@ -141,7 +141,8 @@ class ReferringStep(MapStep):
         (sam_masks, scores), = self.masker.masks([im], [flat])
         masks, info, k = [], [], 0
         for bxs, fallback in zip(boxes, box_masks):
-            m = np.logical_or.reduce(sam_masks[k:k + len(bxs)])
+            # A box-prompted mask belongs inside its box: what leaks out is the masker's error, not the object.
+            m = np.logical_or.reduce(sam_masks[k:k + len(bxs)]) & fallback
             s = scores[k:k + len(bxs)]
             k += len(bxs)
             if m.any():
