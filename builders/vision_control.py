@@ -62,7 +62,7 @@ class AnnotatorParams:
     weights: dict[str, str] = field(default_factory=dict)  # annotator -> folder holding its weight files
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # annotator -> its options
     min_side: int = 64  # source images with a shorter side are rejected (image_too_small)
-    min_coverage: float = 0.002  # conditions with fewer non-black pixels are rejected (empty_condition)
+    min_coverage: float = 0.0005  # conditions with fewer non-black pixels are rejected (empty_condition)
 
 
 def select_annotators(p: AnnotatorParams, kinds: tuple[str, ...] = CONDITION_KINDS) -> tuple[list, list[str]]:
@@ -172,13 +172,15 @@ class ConditionStep(Step):
         return results
 
     def _flush(self, batch: list[Sample], ctx: Context) -> Iterator[Sample]:
+        from x2i.annotators import Annotation
+
         items = [x for x in (self._guard(s, ctx, lambda s=s: self._prepare(s)) for s in batch) if x is not None]
         for ann in self.annotators:
             task = f"{self.direction}/{ann.name}"
             for item, res in zip(items, self._annotate(ann, items, ctx)):
                 sample = item[0]
                 if res.ok and ann.kind != "depth" and coverage(res.image) < self.p.min_coverage:
-                    res.reason, res.detail = "empty_condition", f"{coverage(res.image):.5f} of pixels set"
+                    res = Annotation(reason="empty_condition", detail=f"{coverage(res.image):.5f} of pixels set")
                 if not res.ok:
                     ctx.reject(None, res.reason, f"{self.name}:{ann.name}", res.detail, source=sample.source,
                                source_key=sample.source_key, task=task, meta={"url": sample.meta.get("url")})
