@@ -63,10 +63,10 @@ class ReferringParams:
 
 
 def box_mask(width: int, height: int, box_px: tuple[float, float, float, float]) -> np.ndarray:
-    """Pixels whose centres lie inside the box."""
+    """Every pixel the box touches (so the whole object, anti-aliased edge included, is covered)."""
     x0, y0, x1, y1 = box_px
-    cols = (np.arange(width) + 0.5 >= x0) & (np.arange(width) + 0.5 <= x1)
-    rows = (np.arange(height) + 0.5 >= y0) & (np.arange(height) + 0.5 <= y1)
+    cols = (np.arange(width) + 1 > x0) & (np.arange(width) < x1)
+    rows = (np.arange(height) + 1 > y0) & (np.arange(height) < y1)
     return rows[:, None] & cols[None, :]
 
 

@@ -7,8 +7,8 @@ from x2i.sources import make_source
 from x2i.steps import Context, run_steps
 
 
-def recipe(task: str, **params) -> Recipe:
-    data = load_recipe(task).to_dict()
+def recipe(recipe_name: str, **params) -> Recipe:
+    data = load_recipe(recipe_name).to_dict()
     data["params"].update(params)
     return Recipe.from_dict(data)
 
