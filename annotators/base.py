@@ -14,6 +14,7 @@ whatever the device. Models load on first use (`load()`), once per process (see 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ def import_controlnet_aux() -> None:
         import controlnet_aux  # noqa: F401
 
 
+@functools.lru_cache(maxsize=None)
 def library_version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

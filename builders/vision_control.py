@@ -134,6 +134,13 @@ class ConditionStep(Step):
         self.direction, self.annotators, self.p, self.o = direction, annotators, p, output
         self.name = direction
         self.batch_size = max([a.batch_size for a in annotators] + [1])
+        self._described: dict[str, dict] = {}
+
+    def _describe(self, ann) -> dict:
+        """Annotator name, version, options, weights: the same for every sample, so looked up once."""
+        if ann.name not in self._described:
+            self._described[ann.name] = ann.describe()
+        return dict(self._described[ann.name])
 
     def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
         batch: list[Sample] = []
@@ -179,19 +186,20 @@ class ConditionStep(Step):
             task = f"{self.direction}/{ann.name}"
             for item, res in zip(items, self._annotate(ann, items, ctx)):
                 sample = item[0]
-                if res.ok and ann.kind != "depth" and coverage(res.image) < self.p.min_coverage:
-                    res = Annotation(reason="empty_condition", detail=f"{coverage(res.image):.5f} of pixels set")
+                cover = coverage(res.image) if res.ok else 0.0
+                if res.ok and ann.kind != "depth" and cover < self.p.min_coverage:
+                    res = Annotation(reason="empty_condition", detail=f"{cover:.5f} of pixels set")
                 if not res.ok:
                     ctx.reject(None, res.reason, f"{self.name}:{ann.name}", res.detail, source=sample.source,
                                source_key=sample.source_key, task=task, meta={"url": sample.meta.get("url")})
                     continue
-                out = self._guard(sample, ctx, lambda: self._make(item, ann, res, ctx))
+                out = self._guard(sample, ctx, lambda: self._make(item, ann, res, cover, ctx))
                 if out is not None:
                     yield out
         for s in batch:
             s.output_image.release()
 
-    def _make(self, item, ann, res, ctx: Context) -> Sample:
+    def _make(self, item, ann, res, cover: float, ctx: Context) -> Sample:
         sample, output, t, work = item
         task = f"{self.direction}/{ann.name}"
         what = WHAT.get(ann.name, WHAT_BY_KIND[ann.kind])
@@ -208,8 +216,8 @@ class ConditionStep(Step):
             instruction = CONTROL_TEMPLATES[template].format(what=what, image=placeholder(1), caption=caption.strip())
             inputs, target = [condition], output
         meta = {k: v for k, v in sample.meta.items() if k not in ("entities", "ref_exps")}
-        meta.update(annotator=ann.describe(), annotation=res.info, template=template, condition=what,
-                    condition_coverage=round(coverage(res.image), 5), condition_size=[work.width, work.height],
+        meta.update(annotator=self._describe(ann), annotation=res.info, template=template, condition=what,
+                    condition_coverage=round(cover, 5), condition_size=[work.width, work.height],
                     source_size=[sample.output_image.width, sample.output_image.height],
                     output_transform={"scale": t.scale, "crop_left": t.crop_left, "crop_top": t.crop_top})
         out = Sample(task, instruction, target, inputs, sample.source, sample.source_key, meta)
