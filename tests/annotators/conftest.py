@@ -14,6 +14,23 @@ def _no_ambient_weights(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
+@pytest.fixture(scope="session")
+def weights_tmp(tmp_path_factory):
+    """Where tests write random checkpoints (hundreds of MB): RAM-backed /dev/shm when it exists, so the suite
+    does not wait on disk writeback; else pytest's temporary directory."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shutil.disk_usage(shm).free > 4 << 30:
+        d = Path(tempfile.mkdtemp(prefix="x2i-weights-", dir=shm))
+        yield d
+        shutil.rmtree(d, ignore_errors=True)
+    else:
+        yield tmp_path_factory.mktemp("weights")
+
+
 @pytest.fixture
 def photo() -> Image.Image:
     import skimage.data

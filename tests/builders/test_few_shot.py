@@ -34,7 +34,7 @@ def test_compose_numbers_images_in_order_of_appearance(template):
 
 
 def test_builder_output_is_valid_and_capped():
-    samples, ctx = run_builder(recipe("few_shot"), limit=12)
+    samples, ctx = run_builder(recipe("few_shot", annotators=["canny"]), limit=12)
     assert samples and all(s.task.startswith("few_shot/vision/") for s in samples)
     for s in samples:
         check(s.instruction, len(s.input_images))
@@ -44,6 +44,7 @@ def test_builder_output_is_valid_and_capped():
         assert all(e["source_key"] != s.source_key for e in fs["examples"])
         assert fs["query_task"] == s.task[len("few_shot/"):]
     assert {len(s.meta["few_shot"]["examples"]) for s in samples} == {1, 2}
+    assert {s.task for s in samples} == {"few_shot/vision/canny"}
 
 
 def test_cap_drops_examples_and_rejects_when_nothing_fits():
