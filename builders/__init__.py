@@ -20,6 +20,11 @@ BUILDERS: dict[str, str] = {
     "omnigen_import": "x2i.builders.omnigen_import:OmniGenImportBuilder",
     "text_to_image": "x2i.builders.text_to_image:TextToImageBuilder",
     "image_edit": "x2i.builders.image_edit:ImageEditBuilder",
+    "vision": "x2i.builders.vision_control:VisionBuilder",
+    "control": "x2i.builders.vision_control:ControlBuilder",
+    "referring_segmentation": "x2i.builders.referring_segmentation:ReferringSegmentationBuilder",
+    "layout": "x2i.builders.layout:LayoutBuilder",
+    "few_shot": "x2i.builders.few_shot:FewShotBuilder",
 }
 
 # recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "x2i.cli.view",
     "x2i.cli.download",
     "x2i.cli.model",
+    "x2i.cli.annotators",
 ]
 
 app = typer.Typer(
