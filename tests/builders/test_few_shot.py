@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from _builder_helpers import recipe, run_builder
+from ._builder_helpers import recipe, run_builder
 from x2i.build import build
 from x2i.builders import make_builder
 from x2i.builders.few_shot import TEMPLATES, compose

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _builder_helpers import recipe, run_builder, shapes_scene
+from ._builder_helpers import recipe, run_builder, shapes_scene
 from x2i.builders import make_builder
 from x2i.builders.layout import TEMPLATES as LAYOUT_TEMPLATES
 from x2i.builders.layout import box_colors, render_layout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _builder_helpers import recipe, run_builder
+from ._builder_helpers import recipe, run_builder
 from x2i.build import build
 from x2i.builders import make_builder
 from x2i.builders.vision_control import CONTROL_TEMPLATES, VISION_POSE_TEMPLATES, VISION_TEMPLATES, ConditionStep
