@@ -53,12 +53,15 @@ def bare_loop(images_dir: Path, crops: dict[str, list[list[list[int]]]], out: Pa
                 if not boxes:
                     continue
                 image = Image.open(io.BytesIO(data)).convert("RGB")
+                encoded: dict[tuple[int, ...], bytes] = {}  # a box used by several samples is encoded once
                 for sample_boxes in boxes:
                     inputs = []
-                    for box in sample_boxes:
-                        buf = io.BytesIO()
-                        image.crop(tuple(box)).save(buf, "JPEG", quality=quality, subsampling=0)
-                        inputs.append(buf.getvalue())
+                    for box in map(tuple, sample_boxes):
+                        if box not in encoded:
+                            buf = io.BytesIO()
+                            image.crop(box).save(buf, "JPEG", quality=quality, subsampling=0)
+                            encoded[box] = buf.getvalue()
+                        inputs.append(encoded[box])
                     batch.append({"inputs": inputs, "output": data})
         table = pa.table({"inputs": [b["inputs"] for b in batch], "output": [b["output"] for b in batch]})
         pq.write_table(table, out / f"{shard_index:05d}.parquet", compression="zstd", row_group_size=100)

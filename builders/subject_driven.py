@@ -93,19 +93,17 @@ class SubjectDrivenStep(MapStep):
                 usable.append(ent)
         return usable
 
-    def _crop(self, sample: Sample, ent: dict[str, Any], ctx: Context) -> tuple[Any, dict[str, Any]]:
+    def _crop(self, sample: Sample, ent: dict[str, Any], margin: float) -> tuple[Any, dict[str, Any]]:
         """The entity crop as an input image, and its record for meta."""
         image = sample.output_image
         width, height = image.width, image.height
-        rng = ctx.rng(sample.source, sample.source_key, "crop", ent.get("chunk_index"))
-        margin = float(rng.uniform(*self.p.margin)) if self.p.margin[1] > self.p.margin[0] else self.p.margin[0]
         x0, y0, x1, y1 = ent["box"][0] * width, ent["box"][1] * height, ent["box"][2] * width, ent["box"][3] * height
         mx, my = (x1 - x0) * margin, (y1 - y0) * margin
         crop = [max(0, int(round(x0 - mx))), max(0, int(round(y0 - my))),
                 min(width, int(round(x1 + mx))), min(height, int(round(y1 + my)))]
         pixels, _ = fit_pil(image.pil().crop(tuple(crop)), self.max_input_side, self.multiple)
         fitted = encode(pixels, "JPEG", self.quality)
-        return fitted, {"crop_px": crop, "margin": round(margin, 4), "input_size": [fitted.width, fitted.height]}
+        return fitted, {"crop_px": crop, "margin": margin, "input_size": [fitted.width, fitted.height]}
 
     def _record(self, ent: dict[str, Any], crop_info: dict[str, Any], t: FitTransform, width: int,
                 height: int) -> dict[str, Any]:
@@ -129,10 +127,9 @@ class SubjectDrivenStep(MapStep):
         clauses = " ".join(f"{name} {be} in {placeholder(k)}." for k, (name, be) in enumerate(names, 1))
         return template.format(clauses=clauses, caption=caption.strip())
 
-    def _make(self, sample: Sample, ents: list[dict[str, Any]], output, t: FitTransform, ctx: Context,
-              kind: str) -> Sample:
+    def _make(self, sample: Sample, ents: list[dict[str, Any]], output, t: FitTransform, rng, kind: str,
+              margins: dict[int, float], crops: dict[int, tuple[Any, dict[str, Any]]]) -> Sample:
         ents = sorted(ents, key=lambda e: (e["span"][0], e.get("chunk_index", 0)))
-        rng = ctx.rng(sample.source, sample.source_key, "template", kind, [e.get("chunk_index") for e in ents])
         # Inline placement needs distinct, non-overlapping spans.
         spans_ok = all(a["span"][1] <= b["span"][0] for a, b in zip(ents, ents[1:]))
         choices = [i for i, tpl in enumerate(TEMPLATES) if spans_ok or tpl != "{inline}"]
@@ -140,7 +137,12 @@ class SubjectDrivenStep(MapStep):
         inputs, records = [], []
         width, height = sample.output_image.width, sample.output_image.height
         for ent in ents:
-            crop, info = self._crop(sample, ent, ctx)
+            # An entity's crop depends only on the entity and its margin, so the single and the
+            # multi-entity sample share one encoded crop.
+            key = id(ent)
+            if key not in crops:
+                crops[key] = self._crop(sample, ent, margins[key])
+            crop, info = crops[key]
             inputs.append(crop)
             records.append(self._record(ent, info, t, width, height))
         caption = sample.meta["caption"]
@@ -158,22 +160,25 @@ class SubjectDrivenStep(MapStep):
         if not usable:
             raise RejectSample("no_usable_entity", f"{len(sample.meta['entities'])} chunk(s), none usable")
         output, t = fit(sample.output_image, self.max_side, self.multiple, self.quality)
+        # One generator per source row, drawn in a fixed order (margins, singles, group, templates): the row
+        # alone decides every choice, and the generator is built once per row rather than once per draw.
+        rng = ctx.rng(sample.source, sample.source_key, TASK)
+        lo, hi = self.p.margin
+        margins = {id(e): float(rng.uniform(lo, hi)) if hi > lo else lo for e in usable}
         singles = usable
         if self.p.max_single_per_image is not None and len(usable) > self.p.max_single_per_image:
-            rng = ctx.rng(sample.source, sample.source_key, "singles")
             keep = sorted(rng.choice(len(usable), self.p.max_single_per_image, replace=False))
             singles = [usable[i] for i in keep]
-        out = [self._make(sample, [e], output, t, ctx, "single") for e in singles]
-        if self.p.multi_entity and self.p.max_entities >= 2:
-            group = self._multi_group(sample, usable, ctx)
-            if group:
-                out.append(self._make(sample, group, output, t, ctx, "multi"))
+        group = self._multi_group(usable, rng) if self.p.multi_entity and self.p.max_entities >= 2 else []
+        crops: dict[int, tuple[Any, dict[str, Any]]] = {}  # shared by the single and multi samples
+        out = [self._make(sample, [e], output, t, rng, "single", margins, crops) for e in singles]
+        if group:
+            out.append(self._make(sample, group, output, t, rng, "multi", margins, crops))
         sample.output_image.release()
         return out
 
-    def _multi_group(self, sample: Sample, usable: list[dict[str, Any]], ctx: Context) -> list[dict[str, Any]]:
-        """2-3 entities with distinct phrases and separate regions, chosen with the sample's seed."""
-        rng = ctx.rng(sample.source, sample.source_key, "multi")
+    def _multi_group(self, usable: list[dict[str, Any]], rng) -> list[dict[str, Any]]:
+        """2-3 entities with distinct phrases and separate regions, chosen with the row's generator."""
         order = [usable[i] for i in rng.permutation(len(usable))]
         want = int(rng.integers(2, min(self.p.max_entities, len(usable)) + 1)) if len(usable) >= 2 else 0
         group: list[dict[str, Any]] = []

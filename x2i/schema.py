@@ -85,7 +85,7 @@ def sample_to_row(sample: Sample) -> dict[str, Any]:
         "source_key": sample.source_key,
         "width": out.width if out is not None else None,
         "height": out.height if out is not None else None,
-        "meta": json.dumps(sample.meta, ensure_ascii=False, sort_keys=True, allow_nan=False),
+        "meta": json.dumps(sample.meta, ensure_ascii=False, allow_nan=False),
         "aesthetic": _optional_float(sample.aesthetic),
         "clip_score": _optional_float(sample.clip_score),
         "phash": sample.phash,

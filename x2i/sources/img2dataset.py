@@ -143,7 +143,9 @@ def _tar_records(shard: Shard, sidecar: dict[str, dict[str, Any]]) -> Iterator[R
     def emit(key: str, parts: dict[str, bytes]) -> Record:
         meta: dict[str, Any] = dict(sidecar.get(key, {}))
         error = None
-        if "json" in parts:
+        # img2dataset writes the same metadata into the sidecar and each json member: parse the member only
+        # when the sidecar does not have the row.
+        if "json" in parts and not meta:
             try:
                 loaded = json.loads(parts["json"].decode("utf-8"))
                 if isinstance(loaded, dict):
