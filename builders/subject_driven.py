@@ -101,7 +101,7 @@ class SubjectDrivenStep(MapStep):
         mx, my = (x1 - x0) * margin, (y1 - y0) * margin
         crop = [max(0, int(round(x0 - mx))), max(0, int(round(y0 - my))),
                 min(width, int(round(x1 + mx))), min(height, int(round(y1 + my)))]
-        pixels, _ = fit_pil(image.pil().crop(tuple(crop)), self.max_input_side, self.multiple)
+        pixels, _ = fit_pil(image.pil(), self.max_input_side, self.multiple, region=tuple(crop))
         fitted = encode(pixels, "JPEG", self.quality)
         return fitted, {"crop_px": crop, "margin": margin, "input_size": [fitted.width, fitted.height]}
 

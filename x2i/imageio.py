@@ -68,29 +68,29 @@ class EncodedImage:
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError("image_empty", "zero-byte image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():  # PIL warns on odd EXIF etc.; such images either decode or are rejected
+        warnings.simplefilter("ignore")
+        try:
             im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ImageError("image_unreadable", f"not an image file ({len(data)} bytes)") from None
-    except Exception as exc:  # PIL raises many types on garbage headers
-        raise ImageError("image_unreadable", f"cannot read image header: {exc}") from None
-    w, h = im.size
-    if w < 1 or h < 1:
-        raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
-    if w * h > max_pixels:
-        raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        except UnidentifiedImageError:
+            raise ImageError("image_unreadable", f"not an image file ({len(data)} bytes)") from None
+        except Exception as exc:  # PIL raises many types on garbage headers
+            raise ImageError("image_unreadable", f"cannot read image header: {exc}") from None
+        w, h = im.size
+        if w < 1 or h < 1:
+            raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
+        if w * h > max_pixels:
+            raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+        try:
             im.load()
-    except Exception as exc:
-        raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
+        except Exception as exc:
+            raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
     return im
 
 
 def _orientation(im: Image.Image) -> int:
+    if "exif" not in im.info:  # no EXIF block: nothing to rotate (and no EXIF parse per image)
+        return 1
     try:
         return int(im.getexif().get(0x0112, 1) or 1)
     except Exception:
@@ -187,15 +187,19 @@ def fit_size(width: int, height: int, max_side: int, multiple: int = 16) -> FitT
     return FitTransform(scale if scale != 1.0 else 1.0, (sw - new_w) // 2, (sh - new_h) // 2, new_w, new_h)
 
 
-def fit_pil(im: Image.Image, max_side: int, multiple: int = 16) -> tuple[Image.Image, FitTransform]:
-    """Apply the size policy to decoded pixels."""
-    t = fit_size(im.width, im.height, max_side, multiple)
-    if t.scale != 1.0:
-        sw, sh = round(im.width * t.scale), round(im.height * t.scale)
-        im = im.resize((max(1, sw), max(1, sh)), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    if (t.width, t.height) != im.size:
-        im = im.crop((t.crop_left, t.crop_top, t.crop_left + t.width, t.crop_top + t.height))
-    return im, t
+def fit_pil(im: Image.Image, max_side: int, multiple: int = 16,
+            region: tuple[int, int, int, int] | None = None) -> tuple[Image.Image, FitTransform]:
+    """Apply the size policy to decoded pixels, or to `region` (x0, y0, x1, y1) of them, in one pass: the
+    final pixels are cut (or resampled) straight from the source, never through an intermediate copy."""
+    x0, y0, x1, y1 = region or (0, 0, im.width, im.height)
+    t = fit_size(x1 - x0, y1 - y0, max_side, multiple)
+    if t.scale == 1.0:
+        box = (x0 + t.crop_left, y0 + t.crop_top, x0 + t.crop_left + t.width, y0 + t.crop_top + t.height)
+        return (im if box == (0, 0, im.width, im.height) else im.crop(box)), t
+    s = t.scale
+    box = (x0 + t.crop_left / s, y0 + t.crop_top / s, x0 + (t.crop_left + t.width) / s,
+           y0 + (t.crop_top + t.height) / s)
+    return im.resize((t.width, t.height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0), t
 
 
 def fit(image: EncodedImage, max_side: int, multiple: int = 16, quality: int = 95) -> tuple[EncodedImage, FitTransform]:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -59,10 +60,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def open_shard_writer(path: Path) -> pq.ParquetWriter:
+def open_shard_writer(where: Any) -> pq.ParquetWriter:
     """A Parquet writer with the shard settings (one place, so rewritten shards match freshly written ones)."""
-    return pq.ParquetWriter(path, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
+    return pq.ParquetWriter(where, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
                             write_statistics=["id", "task", "width", "height"])
+
+
+class HashingSink:
+    """A file being written that hashes its bytes on the way out: the shard's sha256 without reading it back."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "wb")
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def close(self) -> None:
+        """Flush, fsync and close (the Parquet writer never closes a sink it did not open)."""
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
 
 
 def rewrite_shard(path: Path, drop_ids: set[str]) -> int:
@@ -119,16 +152,18 @@ class _TaskShards:
         self.buffer: list[dict] = []
         self.buffer_bytes = 0
         self.writer: pq.ParquetWriter | None = None
+        self.sink: HashingSink | None = None
         self.current: tuple[Path, Path] | None = None
         self.rows = 0
-        self.done: list[tuple[Path, Path, int]] = []  # (tmp, final, rows)
+        self.done: list[tuple[Path, Path, int, int, str]] = []  # (tmp, final, rows, bytes, sha256)
         self.index = 0
 
     def _open(self) -> None:
         final = self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(TMP_PREFIX + final.name)
-        self.writer = open_shard_writer(tmp)
+        self.sink = HashingSink(tmp)
+        self.writer = open_shard_writer(pa.PythonFile(self.sink, mode="w"))
         self.current = (tmp, final)
         self.rows = 0
         self.index += 1
@@ -149,20 +184,18 @@ class _TaskShards:
         self.writer.write_table(rows_to_table(self.buffer), row_group_size=len(self.buffer))
         self.rows += len(self.buffer)
         self.buffer, self.buffer_bytes = [], 0
-        tmp = self.current[0]
-        if tmp.stat().st_size >= self.max_bytes:
+        if self.sink.size >= self.max_bytes:
             self._close()
 
     def _close(self) -> None:
         if self.writer is None:
             return
         self.writer.close()
-        with open(self.current[0], "rb+") as f:
-            os.fsync(f.fileno())
-        self.done.append((*self.current, self.rows))
-        self.writer, self.current = None, None
+        self.sink.close()
+        self.done.append((*self.current, self.rows, self.sink.size, self.sink.hash.hexdigest()))
+        self.writer, self.sink, self.current = None, None, None
 
-    def finish(self) -> list[tuple[Path, Path, int]]:
+    def finish(self) -> list[tuple[Path, Path, int, int, str]]:
         self.flush()
         self._close()
         return self.done
@@ -170,7 +203,8 @@ class _TaskShards:
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.close()
-        for tmp, _, _ in self.done + ([(*self.current, 0)] if self.current else []):
+            self.sink.file.close()
+        for tmp in [d[0] for d in self.done] + ([self.current[0]] if self.current else []):
             tmp.unlink(missing_ok=True)
 
 
@@ -193,11 +227,12 @@ class PartitionWriter:
         """Close, fsync and rename every shard into place; return what was written."""
         infos = []
         for task in sorted(self.tasks):
-            for tmp, final, rows in self.tasks[task].finish():
+            shards = self.tasks[task].finish()
+            for tmp, final, rows, size, sha in shards:
                 os.replace(tmp, final)
-                fsync_dir(final.parent)
-                infos.append(ShardInfo(str(final.relative_to(self.out_dir)), task, rows, final.stat().st_size,
-                                       file_sha256(final), self.partition))
+                infos.append(ShardInfo(str(final.relative_to(self.out_dir)), task, rows, size, sha, self.partition))
+            if shards:
+                fsync_dir(shards[0][1].parent)
         return infos
 
     def abort(self) -> None:

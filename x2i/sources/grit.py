@@ -34,7 +34,10 @@ MAX_ASPECT_DRIFT = 0.02  # img2dataset resize modes other than keep_ratio invali
 
 
 def _finite(*values: Any) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return False
+    return True
 
 
 def parse_chunk(chunk: Any, caption: str) -> tuple[dict[str, Any] | None, str]:
