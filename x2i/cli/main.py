@@ -16,6 +16,7 @@ from x2i.errors import X2IError
 
 COMMAND_MODULES = [
     "x2i.cli.data",
+    "x2i.cli.model",
 ]
 
 app = typer.Typer(
