@@ -17,6 +17,7 @@ from x2i.errors import X2IError
 COMMAND_MODULES = [
     "x2i.cli.data",
     "x2i.cli.model",
+    "x2i.cli.train",
 ]
 
 app = typer.Typer(
