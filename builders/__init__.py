@@ -18,10 +18,19 @@ from x2i.steps import Step
 BUILDERS: dict[str, str] = {
     "subject_driven": "x2i.builders.subject_driven:SubjectDrivenBuilder",
     "omnigen_import": "x2i.builders.omnigen_import:OmniGenImportBuilder",
+    "text_to_image": "x2i.builders.text_to_image:TextToImageBuilder",
+    "image_edit": "x2i.builders.image_edit:ImageEditBuilder",
 }
 
 # recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__
-STEPS: dict[str, str] = {}
+STEPS: dict[str, str] = {
+    "aesthetic": "x2i.curation.scores:AestheticStep",
+    "clip_score": "x2i.curation.scores:ClipScoreStep",
+    "dedup": "x2i.curation.dedup:DedupStep",
+    "meta_threshold": "x2i.curation.filters:MetaThresholdStep",
+    "size_filter": "x2i.curation.filters:SizeFilterStep",
+    "caption_clean": "x2i.curation.filters:CaptionCleanStep",
+}
 
 
 def _load(target: str) -> Any:

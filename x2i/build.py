@@ -154,9 +154,58 @@ def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
     atomic_write_bytes(plan_path, json.dumps(plan, indent=1, sort_keys=True).encode())
 
 
+def _records(out: Path, count: int) -> list[dict[str, Any]]:
+    return [json.loads(_record_path(out, i).read_text()) for i in range(count)]
+
+
+def run_post_build(recipe: Recipe, out: Path, records: list[dict[str, Any]]) -> tuple[list[dict], dict[str, Any]]:
+    """Whole-build passes (e.g. dedup across partitions), run once every partition is complete and before the
+    manifest, on the driver, so the result is the same whatever executor ran the partitions.
+
+    A recipe step opts in with `after_build(out, records) -> (records, summary)`: it may rewrite committed
+    shards (atomically) and returns the completion records as they now stand (rows, shard sha256/bytes,
+    rejects); the partition records on disk are left as the partitions wrote them. Each hook must be
+    idempotent: a re-run after a crash calls it again."""
+    summaries: dict[str, Any] = {}
+    for step in make_steps(recipe.steps):
+        hook = getattr(step, "after_build", None)
+        if hook is not None:
+            records, summaries[step.name] = hook(out, records)
+    return records, summaries
+
+
+def score_summary(out: Path, shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per task: how many rows carry an aesthetic / clip_score / phash, and the scores' spread."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    columns: dict[str, dict[str, list]] = {}
+    for sh in shards:
+        table = pq.read_table(out / sh["path"], columns=["aesthetic", "clip_score", "phash"])
+        cols = columns.setdefault(sh["task"], {"aesthetic": [], "clip_score": [], "phash": []})
+        for name in cols:
+            cols[name] += [v for v in table.column(name).to_pylist() if v is not None]
+    summary: dict[str, Any] = {}
+    for task, cols in sorted(columns.items()):
+        entry: dict[str, Any] = {"phash": len(cols["phash"])}
+        for name in ("aesthetic", "clip_score"):
+            values = np.asarray(cols[name], dtype=np.float64)
+            entry[name] = {"count": int(values.size)}
+            if values.size:
+                q = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])
+                entry[name].update(mean=round(float(values.mean()), 4), min=round(float(q[0]), 4),
+                                   p10=round(float(q[1]), 4), p50=round(float(q[2]), 4),
+                                   p90=round(float(q[3]), 4), max=round(float(q[4]), 4))
+        summary[task] = entry
+    return summary
+
+
 def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, Any],
-                      notes: list[str] | None = None) -> dict[str, Any]:
-    records = [json.loads(_record_path(out, i).read_text()) for i in range(len(plan["partitions"]))]
+                      notes: list[str] | None = None, records: list[dict[str, Any]] | None = None,
+                      post_build: dict[str, Any] | None = None) -> dict[str, Any]:
+    if records is None:
+        records = _records(out, len(plan["partitions"]))
+    post_build = post_build or {}
     tasks: dict[str, dict[str, int]] = {}
     rejects: Counter = Counter()
     shards = []
@@ -182,7 +231,10 @@ def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, An
         "source_samples": sum(r["source_samples"] for r in records),
         "rejects": dict(sorted(rejects.items())),
         "rejects_total": sum(rejects.values()),
-        "rejects_files": [r["rejects_file"] for r in records if r["rejects_file"]],
+        "rejects_files": [r["rejects_file"] for r in records if r["rejects_file"]]
+        + [p["rejects_file"] for p in post_build.values() if isinstance(p, dict) and p.get("rejects_file")],
+        "scores": score_summary(out, shards),
+        "post_build": post_build,
         "shards": sorted(shards, key=lambda s: s["path"]),
         "partitions": [{k: r[k] for k in ("index", "label", "quota", "source_samples", "rows", "seconds")}
                        for r in records],
@@ -236,7 +288,8 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
     if failures:
         raise X2IError(f"{len(failures)} partition(s) failed (finished ones are kept; re-run to resume): "
                        + " | ".join(failures))
-    return assemble_manifest(out, plan, source.describe(), builder.notes())
+    records, post_build = run_post_build(recipe, out, _records(out, len(partitions)))
+    return assemble_manifest(out, plan, source.describe(), builder.notes(), records, post_build)
 
 
 __all__ = ["build", "run_partition", "PartitionJob", "FinalizeStep", "task_dir_name"]

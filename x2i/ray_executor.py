@@ -23,7 +23,9 @@ class RayExecutor(Executor):
         if ray.is_initialized():
             return
         # Workers must see the same x2i cache (embedded sample) as the driver.
-        env = {"env_vars": {k: os.environ[k] for k in ("X2I_CACHE", "HF_HOME", "HF_HUB_OFFLINE") if k in os.environ}}
+        # Curation steps look for weights in X2I_CURATION_DIR and the HF cache, on every worker.
+        names = ("X2I_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "X2I_CURATION_DIR")
+        env = {"env_vars": {k: os.environ[k] for k in names if k in os.environ}}
         if self.address:
             ray.init(address=self.address, runtime_env=env, log_to_driver=True)
         else:

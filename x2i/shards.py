@@ -59,6 +59,47 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def open_shard_writer(path: Path) -> pq.ParquetWriter:
+    """A Parquet writer with the shard settings (one place, so rewritten shards match freshly written ones)."""
+    return pq.ParquetWriter(path, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
+                            write_statistics=["id", "task", "width", "height"])
+
+
+def rewrite_shard(path: Path, drop_ids: set[str]) -> int:
+    """Atomically rewrite a committed shard without the rows whose `id` is in `drop_ids`, row group by row
+    group (bounded memory, row groups never grow). Returns the rows left; a shard left empty is removed.
+    Dropping ids that are not there leaves the file untouched, so a repeated rewrite is a no-op."""
+    import pyarrow.compute as pc
+
+    pf = pq.ParquetFile(path)
+    present = set(pf.read(columns=["id"]).column("id").to_pylist())
+    if not present & drop_ids:
+        return pf.metadata.num_rows
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    drop = pa.array(sorted(drop_ids), pa.string())
+    writer, kept = None, 0
+    try:
+        for i in range(pf.num_row_groups):
+            table = pf.read_row_group(i).replace_schema_metadata(SCHEMA.metadata)
+            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=drop)))
+            if table.num_rows:
+                writer = writer or open_shard_writer(tmp)
+                writer.write_table(table, row_group_size=table.num_rows)
+                kept += table.num_rows
+        if writer is not None:
+            writer.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            path.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return kept
+
+
 @dataclass
 class ShardInfo:
     path: str  # relative to the output dir
@@ -87,8 +128,7 @@ class _TaskShards:
         final = self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(TMP_PREFIX + final.name)
-        self.writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
-                                       write_statistics=["id", "task", "width", "height"])
+        self.writer = open_shard_writer(tmp)
         self.current = (tmp, final)
         self.rows = 0
         self.index += 1

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "x2i.cli.data",
     "x2i.cli.model",
     "x2i.cli.train",
+    "x2i.cli.download",
 ]
 
 app = typer.Typer(

@@ -25,6 +25,7 @@ from x2i.config import from_dict
 from x2i.shapes.img2dataset_writer import DownloadRecord, write_shard
 from x2i.shapes.photos import PHOTOS
 from x2i.shapes.world import make_scene
+from x2i.shapes.writers import write_laion, write_magicbrush
 
 EMBEDDED_VERSION = 1
 
@@ -112,7 +113,8 @@ def write_grit(out: Path, opts: EmbeddedOptions) -> Path:
 
 
 # format -> writer(out_dir, options) returning the folder the source of that format should read
-WRITERS: dict[str, Callable[[Path, EmbeddedOptions], Path]] = {"grit": write_grit}
+WRITERS: dict[str, Callable[[Path, EmbeddedOptions], Path]] = {"grit": write_grit, "laion": write_laion,
+                                                                "magicbrush": write_magicbrush}
 
 
 def embedded_source(fmt: str, options: dict[str, Any] | None = None) -> Path:

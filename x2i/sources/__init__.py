@@ -20,6 +20,12 @@ from x2i.steps import Context
 SOURCE_FORMATS: dict[str, str] = {
     "grit": "x2i.sources.grit:GritSource",
     "omnigen": "x2i.sources.omnigen:OmniGenJsonlSource",
+    "laion": "x2i.sources.laion:LaionSource",
+    "instructpix2pix": "x2i.sources.edits:InstructPix2PixSource",
+    "magicbrush": "x2i.sources.edits:MagicBrushSource",
+    "ultraedit": "x2i.sources.edits:UltraEditSource",
+    "hq_edit": "x2i.sources.edits:HQEditSource",
+    "seed_data_edit": "x2i.sources.seed_edit:SeedDataEditSource",
 }
 
 

@@ -1,0 +1,100 @@
+"""`x2i build --task text-to-image` on the embedded default: filters, scores, dedup, determinism, executors."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from helpers_curate import cli, rejects, rows, validate
+from x2i.shapes.embedded import EmbeddedOptions
+from x2i.shapes.writers import laion_rows
+
+EMBEDDED = {"scenes": 12, "per_shard": 5, "size": 400, "photos": False}
+EMB_SET = "source.options.embedded=" + json.dumps(EMBEDDED)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache(cache, monkeypatch):
+    monkeypatch.setenv("X2I_CACHE", str(cache))
+
+
+def build(out, *extra):
+    result = cli("build", "--task", "text-to-image", "-o", str(out), "-q", "--set", EMB_SET, *extra)
+    assert result.exit_code == 0, result.output
+    return validate(out)
+
+
+def fingerprint(out) -> list[tuple]:
+    return sorted((r["id"], r["instruction"], hashlib.sha256(r["output_image"]["bytes"]).hexdigest(), r["phash"],
+                   r["aesthetic"], r["meta"]) for r in rows(out))
+
+
+def test_embedded_default_matches_what_was_written(tmp_path):
+    manifest = build(tmp_path / "out")
+    written = laion_rows(EmbeddedOptions(**EMBEDDED))
+    expected: Counter = Counter()
+    for values, data, _ in written:
+        if data is None:
+            expected["img2dataset_failed_to_download"] += 1
+        elif values["aesthetic"] <= 4.75:
+            expected["aesthetic_below_min"] += 1
+        elif values["pwatermark"] >= 0.5:
+            expected["pwatermark_above_max"] += 1
+        elif values["punsafe"] >= 0.5:
+            expected["punsafe_above_max"] += 1
+    expected["duplicate_sha256"] += 1  # the mirror copy
+    expected["duplicate_phash"] += 1  # the re-encoded copy
+    assert Counter(manifest["rejects"]) == expected
+    assert manifest["rows"] == len(written) - sum(expected.values())
+    got = rows(tmp_path / "out")
+    assert all(r["task"] == "text_to_image" and r["input_images"] == [] for r in got)
+    assert not any("/mirror/" in json.loads(r["meta"])["url"] or "/reencoded/" in json.loads(r["meta"])["url"]
+                   for r in got)
+    scores = manifest["scores"]["text_to_image"]
+    assert scores["aesthetic"]["count"] == scores["phash"] == manifest["rows"]
+    assert scores["aesthetic"]["min"] > 4.75
+    ledger = [r for r in rejects(tmp_path / "out") if r["reason"].startswith("duplicate")]
+    assert {json.loads(r["meta"])["url"].split("/")[-2] for r in ledger} == {"mirror", "reencoded"}
+
+
+def test_same_seed_same_rows_and_resume(tmp_path, monkeypatch):
+    build(tmp_path / "a")
+    # a crash in the middle: partition 1 fails, the others are kept; the re-run resumes and matches
+    import x2i.build as b
+
+    real = b.run_partition
+
+    def flaky(job):
+        if job.index == 1:
+            raise RuntimeError("worker died")
+        return real(job)
+
+    monkeypatch.setattr(b, "run_partition", flaky)
+    result = cli("build", "--task", "text-to-image", "-o", str(tmp_path / "b"), "-q", "--set", EMB_SET)
+    assert result.exit_code == 2 and "partition 1" in result.stderr
+    assert not (tmp_path / "b" / "manifest.json").exists()
+    monkeypatch.setattr(b, "run_partition", real)
+    build(tmp_path / "b")
+    assert fingerprint(tmp_path / "a") == fingerprint(tmp_path / "b")
+
+
+def test_filters_are_configurable(tmp_path):
+    loose = build(tmp_path / "loose", "--set", "params.max_pwatermark=null", "--set", "params.min_aesthetic=null")
+    strict = build(tmp_path / "strict", "--set", "params.min_aesthetic=6.0")
+    assert "pwatermark_above_max" not in loose["rejects"] and "aesthetic_below_min" not in loose["rejects"]
+    assert strict["rows"] < loose["rows"]
+    assert strict["scores"]["text_to_image"]["aesthetic"]["min"] > 6.0
+
+
+def test_ray_and_local_give_identical_rows(tmp_path):
+    build(tmp_path / "local")
+    manifest = build(tmp_path / "ray", "--executor", "ray", "--workers", "2")
+    assert fingerprint(tmp_path / "local") == fingerprint(tmp_path / "ray")
+    assert manifest["post_build"]["dedup"]["dropped"] == {"duplicate_sha256": 1, "duplicate_phash": 1}

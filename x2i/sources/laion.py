@@ -1,0 +1,315 @@
+"""LAION-Aesthetics (v1 and v2) with images from an img2dataset download, or downloaded during the build.
+
+Published columns (both keep LAION's upper-case URL/TEXT/WIDTH/HEIGHT):
+- v1 (laion2B-en-aesthetic, ...): URL, TEXT, WIDTH, HEIGHT (float64), similarity (float64), hash (int64),
+  punsafe, pwatermark, aesthetic (float32);
+- v2 (improved_aesthetics_*plus, aesthetics_v2_4.75): URL, TEXT, WIDTH, HEIGHT, similarity, punsafe, pwatermark,
+  AESTHETIC_SCORE (float64), hash, __index_level_0__.
+The version is read from which aesthetic column a file has.
+
+Layouts (`source.path` / `source.images` / `source.options`):
+- `path` = img2dataset output downloaded with `--url_col URL --caption_col TEXT --save_additional_columns
+  '[...LAION columns...]'` (self-contained: url, caption and the LAION columns travel with the images);
+- `path` = LAION parquet(s), `images` = an img2dataset output of them: rows joined on the URL;
+- `path` = LAION parquet(s), `options.download: true`: images fetched during the build by x2i's safe
+  downloader (`options.downloader` tunes it), `options.rows_per_partition` rows per build partition. Every
+  failed URL is a reject (`download_<status>`) whose ledger row keeps the URL, for `x2i download --from-rejects`;
+- nothing: the embedded sample (shapes world + package photos written as LAION v1 + its img2dataset download).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from x2i.config import from_dict
+from x2i.errors import SourceError, X2IError
+from x2i.imageio import ImageError, load
+from x2i.sample import SOURCE_TASK, Sample
+from x2i.sources import Source
+from x2i.sources import img2dataset as i2d
+from x2i.steps import Context
+
+SCORE_COLUMNS = ("similarity", "punsafe", "pwatermark")
+AESTHETIC_COLUMNS = {"aesthetic": 1, "AESTHETIC_SCORE": 2}
+COLUMNS_HELP = ("LAION-Aesthetics columns: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark and "
+                "aesthetic (v1) or AESTHETIC_SCORE (v2)")
+
+
+@dataclass
+class LaionOptions:
+    embedded: dict[str, Any] | None = None  # options of the embedded sample (scenes, size, seed, ...)
+    download: bool = False  # fetch the images of a LAION parquet during the build
+    downloader: dict[str, Any] = field(default_factory=dict)  # x2i.download.DownloadConfig fields
+    rows_per_partition: int = 2000  # download mode: LAION rows per build partition
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """A download-mode partition: rows [start, stop) of one LAION parquet file."""
+
+    path: str
+    start: int
+    stop: int
+
+
+def version_of(columns: list[str]) -> int | None:
+    return next((v for c, v in AESTHETIC_COLUMNS.items() if c in columns), None)
+
+
+def check_columns(where: Any, columns: list[str], url: str, text: str) -> int:
+    """The LAION version of a file; SourceError naming the first missing column."""
+    for col in (url, text, "punsafe", "pwatermark"):
+        if col not in columns:
+            raise SourceError(where, f"missing column '{col}' ({COLUMNS_HELP})")
+    version = version_of(columns)
+    if version is None:
+        raise SourceError(where, f"missing column 'aesthetic' (v1) or 'AESTHETIC_SCORE' (v2) ({COLUMNS_HELP})")
+    return version
+
+
+def _number(value: Any) -> float | None:
+    """A float (NaN kept: it is rejected with a reason later), or None when absent or not a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def laion_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """One LAION row (metadata or img2dataset naming) in x2i's meta naming; scores may be NaN."""
+    aesthetic_col = next((c for c in AESTHETIC_COLUMNS if c in row), None)
+    width, height = _number(row.get("WIDTH")), _number(row.get("HEIGHT"))
+    meta = {
+        "url": row.get("URL", row.get("url")),
+        "caption": row.get("TEXT", row.get("caption")),
+        "laion_version": AESTHETIC_COLUMNS.get(aesthetic_col),
+        "laion_width": int(width) if width is not None and math.isfinite(width) else None,
+        "laion_height": int(height) if height is not None and math.isfinite(height) else None,
+        "aesthetic": _number(row.get(aesthetic_col)) if aesthetic_col else None,
+        **{c: _number(row.get(c)) for c in SCORE_COLUMNS},
+    }
+    if row.get("hash") is not None:
+        meta["laion_hash"] = int(row["hash"])
+    return meta
+
+
+def _files(path: Path) -> list[Path]:
+    if not path.exists():
+        raise SourceError(path, "no such file or directory")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        raise SourceError(path, "no LAION parquet files found")
+    return files
+
+
+def _schema_names(path: Path) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except Exception as exc:
+        raise SourceError(path, f"not a readable parquet file ({exc})") from None
+
+
+def _is_img2dataset(path: Path) -> bool:
+    """An img2dataset output (tars, or parquet with an image column) rather than LAION metadata."""
+    if path.is_file():
+        return path.suffix == ".tar" or (path.suffix == ".parquet" and i2d._image_column(_schema_names(path)))
+    return any(path.rglob("*.tar")) or any(i2d._image_column(_schema_names(p)) for p in _files(path)[:1])
+
+
+@lru_cache(maxsize=4)
+def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """url -> LAION row, for the join layout (only the columns x2i uses are read)."""
+    index: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        pf = pq.ParquetFile(path)
+        cols = [c for c in pf.schema_arrow.names if c in ("URL", "TEXT", "WIDTH", "HEIGHT", "hash", *SCORE_COLUMNS,
+                                                          *AESTHETIC_COLUMNS)]
+        for batch in pf.iter_batches(batch_size=8192, columns=cols):
+            for row in batch.to_pylist():
+                if row.get("URL"):
+                    index.setdefault(row["URL"], row)
+    return index
+
+
+class LaionSource(Source):
+    format = "laion"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.options = from_dict(LaionOptions, config.options, "source.options")
+        if self.options.rows_per_partition < 1:
+            raise X2IError("source.options.rows_per_partition must be >= 1")
+        from x2i.download import DownloadConfig
+
+        # Checked now so a typo in the downloader settings fails before any work.
+        self.download_config = from_dict(DownloadConfig, self.options.downloader, "source.options.downloader")
+        self.metadata_files: tuple[str, ...] = ()
+        self.embedded = config.path is None and config.images is None
+        if self.embedded:
+            from x2i.shapes.embedded import embedded_source
+
+            self.mode, self.root = "images", embedded_source("laion", self.options.embedded)
+        elif config.path is None:
+            self.mode, self.root = "images", Path(config.images)
+        elif config.images is not None:
+            self.mode, self.root = "join", Path(config.images)
+            self.metadata_files = self._metadata(Path(config.path))
+        elif _is_img2dataset(Path(config.path)):
+            self.mode, self.root = "images", Path(config.path)
+        else:
+            self.mode, self.root = "download", Path(config.path)
+            self.metadata_files = self._metadata(self.root)
+            if not self.options.download:
+                raise SourceError(self.root, "LAION metadata without images: give the img2dataset output of it "
+                                  "as source images (--images), or set source.options.download: true")
+        if self.mode != "download" and self.options.download:
+            raise X2IError("source.options.download needs LAION parquet as source path and no source images")
+
+    @staticmethod
+    def _metadata(path: Path) -> tuple[str, ...]:
+        files = _files(path)
+        for f in files:
+            check_columns(f, _schema_names(f), "URL", "TEXT")
+        return tuple(str(f) for f in files)
+
+    # -- planning --------------------------------------------------------------------------------------------
+    def partitions(self) -> list[Any]:
+        if self.mode == "download":
+            parts = []
+            for f in self.metadata_files:
+                n = pq.ParquetFile(f).metadata.num_rows
+                step = self.options.rows_per_partition
+                parts += [RowRange(f, start, min(n, start + step)) for start in range(0, n, step)]
+            return parts
+        shards = i2d.find_shards(self.root)
+        if self.mode == "images":  # self-contained: the LAION columns must travel with the images
+            for shard in shards:
+                cols = i2d.metadata_columns(shard)
+                if cols:
+                    check_columns(shard.sidecar or shard.path, cols, "url", "caption")
+        return shards
+
+    def count(self, partition: Any) -> int:
+        if isinstance(partition, RowRange):
+            return partition.stop - partition.start
+        return i2d.count(partition)
+
+    def label(self, partition: Any) -> str:
+        if isinstance(partition, RowRange):
+            return f"{Path(partition.path).name}[{partition.start}:{partition.stop}]"
+        root = self.root if self.root.is_dir() else self.root.parent
+        return str(Path(partition.path).relative_to(root))
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.format, "path": self.config.path, "images": self.config.images, "mode": self.mode,
+                "embedded": self.embedded, "metadata_files": len(self.metadata_files), "resolved": str(self.root)}
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def read(self, partition: Any, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+        if isinstance(partition, RowRange):
+            yield from self._read_download(partition, ctx, limit)
+            return
+        index = _metadata_index(self.metadata_files) if self.mode == "join" else None
+        for n, record in enumerate(i2d.iter_records(partition)):
+            if limit is not None and n >= limit:
+                return
+            sample = self._from_record(record, index, ctx)
+            if sample is not None:
+                yield sample
+
+    def _reject(self, ctx: Context, reason: str, detail: str, key: str, meta: dict[str, Any]) -> None:
+        ctx.reject(None, reason, "read_laion", detail, source="laion", source_key=key, task=SOURCE_TASK, meta=meta)
+
+    def _from_record(self, record: i2d.Record, index: dict | None, ctx: Context) -> Sample | None:
+        row = dict(record.meta)
+        url = row.get("url")
+        where = {"url": url, "file": record.file, "img2dataset_key": record.key}
+        if record.status != "success":
+            self._reject(ctx, f"img2dataset_{record.status}", record.error or "", record.key, where)
+            return None
+        if index is not None:
+            found = index.get(url) if url else None
+            if found is None:
+                self._reject(ctx, "laion_row_not_found", f"no LAION row for url {url!r}", record.key, where)
+                return None
+            row = {**row, **found}
+        elif row.get("caption") is None and "txt" in record.extras:
+            row["caption"] = record.extras["txt"]
+        meta = laion_meta(row)
+        meta["img2dataset_key"] = record.key
+        for k in ("original_width", "original_height"):
+            if isinstance(row.get(k), int):
+                meta[k] = row[k]
+        return self._sample(record.image, record.key, meta, ctx)
+
+    def _sample(self, data: bytes | None, key: str, meta: dict[str, Any], ctx: Context) -> Sample | None:
+        caption = meta.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            self._reject(ctx, "caption_missing", f"TEXT is {caption!r}", key, {"url": meta.get("url")})
+            return None
+        try:
+            image = load(data or b"", path=f"{key.replace('/', '_')}.jpg")
+        except ImageError as exc:
+            self._reject(ctx, exc.reason, str(exc), key, {"url": meta.get("url")})
+            return None
+        return Sample(task=SOURCE_TASK, instruction=caption, output_image=image, source="laion", source_key=key,
+                      meta=meta)
+
+    def _rows(self, part: RowRange, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
+        stop = part.stop if limit is None else min(part.stop, part.start + limit)
+        pf = pq.ParquetFile(part.path)
+        pos = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            if pos + batch.num_rows <= part.start:
+                pos += batch.num_rows
+                continue
+            for row in batch.to_pylist():
+                if part.start <= pos < stop:
+                    yield pos, row
+                pos += 1
+                if pos >= stop:
+                    return
+
+    def _read_download(self, part: RowRange, ctx: Context, limit: int | None) -> Iterator[Sample]:
+        from x2i.download import Downloader
+
+        downloader = Downloader(self.download_config)
+        stem = Path(part.path).name
+        pending: list[tuple[str, dict[str, Any]]] = []
+
+        def flush() -> Iterator[Sample]:
+            results = downloader.fetch_many([m["url"] for _, m in pending])
+            for (key, meta), res in zip(pending, results):
+                info = {"url": res.url, "status": res.status, "http_status": res.http_status, "error": res.error,
+                        "attempts": res.attempts}
+                if not res.ok:
+                    self._reject(ctx, f"download_{res.status}", res.error or "", key, info)
+                    continue
+                meta["download"] = {k: info[k] for k in ("http_status", "attempts")}
+                sample = self._sample(res.data, key, meta, ctx)
+                if sample is not None:
+                    yield sample
+            pending.clear()
+
+        for pos, row in self._rows(part, limit):
+            key = f"{stem}#{pos}"
+            meta = laion_meta(row)
+            if not isinstance(meta["url"], str) or not meta["url"].strip():
+                self._reject(ctx, "url_missing", f"URL is {meta['url']!r}", key, {"row": pos})
+                continue
+            if not isinstance(meta["caption"], str) or not meta["caption"].strip():
+                # no point fetching an image nobody can caption
+                self._reject(ctx, "caption_missing", f"TEXT is {meta['caption']!r}", key, {"url": meta["url"]})
+                continue
+            pending.append((key, meta))
+            if len(pending) >= 256:
+                yield from flush()
+        yield from flush()
