@@ -189,7 +189,7 @@ def _row_groups(path: Path) -> list[int]:
 
 def _read_manifest(spec: str) -> tuple[Path, dict[str, Any]]:
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if path.is_dir() or path.suffix != ".json":
         path = path / "manifest.json"
     if not path.is_file():
         raise X2IError(f"mix dataset manifest {path.resolve()} not found (build the dataset first, e.g. "

@@ -13,6 +13,7 @@ folder (LoRA runs: adapter/ in peft's format, plus the merged model).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -28,7 +29,7 @@ from x2i.errors import X2IError
 
 from . import dist as xdist
 from .checkpoint import detect_layout, load_model
-from .config import OmniGenConfig, preset
+from .config import PRESETS, OmniGenConfig, _preset
 from .flow import flow_matching_loss
 from .loader import Batch, Geometry, MixLoader, make_dataloader
 from .lora import add_lora, base_omnigen
@@ -161,13 +162,16 @@ class Trainer:
                 raise X2IError(f"{c.init} expects {model.config.in_channels} latent channels, the codec gives "
                                f"{self.codec.latent_channels}")
             return model.config, model
-        config = preset(c.preset)
-        for key, value in c.overrides.items():
-            if not hasattr(config, key):
-                raise X2IError(f"model.overrides.{key}: not an OmniGenConfig field")
-            setattr(config, key, value)
-        config.in_channels = self.codec.latent_channels
-        config.validate()
+        if c.preset not in PRESETS:
+            raise X2IError(f"unknown model preset {c.preset!r}; known: {sorted(PRESETS)}")
+        unknown = sorted(set(c.overrides) - {f.name for f in dataclasses.fields(OmniGenConfig)})
+        if unknown:
+            raise X2IError(f"model.overrides: {unknown} are not OmniGenConfig fields")
+        # The preset builder makes stand-in LongRoPE factors for the (possibly overridden) head size.
+        try:
+            config = _preset(**{**PRESETS[c.preset], **c.overrides, "in_channels": self.codec.latent_channels})
+        except (TypeError, ValueError) as exc:
+            raise X2IError(f"model.overrides: {exc}") from None
         torch.manual_seed(self.c.seed)
         return config, OmniGen(config)
 
