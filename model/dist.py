@@ -80,8 +80,13 @@ def wrap(module: TrainModule, info: DistInfo, bf16: bool) -> nn.Module:
 
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
+    import warnings
+
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    # A decoder layer also returns its keys and values (views) for the inference cache; training never writes
+    # to them in place, which is what this warning is about.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
         MixedPrecisionPolicy()
     for layer in base_omnigen(module.model).llm.layers:

@@ -9,6 +9,7 @@ A mix YAML (`manifests/mix_*.yaml`, or any file):
       - {path: out/shapes-edit, ratio: 0.2, tasks: [image_edit]}   # a folder means its manifest.json
     task_ratios: {}            # optional, e.g. OmniGen's later stage (below)
     verify: checksum           # checksum | size | none
+    train: {}                  # optional: the TrainConfig settings this mix is meant for (CLI options win)
 
 The mix is split into *streams*, one per (dataset, task). Each stream gets a probability:
 - without `task_ratios`: P(dataset) = ratio / sum(ratios); inside a dataset, tasks in proportion to their rows;
@@ -54,6 +55,9 @@ class MixConfig:
     seed: int = 0
     task_ratios: dict[str, float] = field(default_factory=dict)
     verify: Literal["checksum", "size", "none"] = "checksum"
+    # Training settings this mix is meant to be trained with (TrainConfig keys); `x2i train` applies them
+    # first, under --config, its options and --set.
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -42,7 +42,8 @@ from .train_state import EMA, list_checkpoints, load_checkpoint, save_checkpoint
 from .trained import build_codec, export_model
 
 # Settings a resumed run may change; anything else must match the run it continues.
-RESUMABLE_CHANGES = {"steps", "log_every", "save_every", "keep_checkpoints", "tensorboard", "progress", "device"}
+RESUMABLE_CHANGES = {"steps", "log_every", "save_every", "keep_checkpoints", "tensorboard", "progress", "device",
+                     "export"}
 
 
 class TrainingStopped(X2IError):
@@ -82,7 +83,7 @@ class Trainer:
         self._prepare_run_dir(resume)
 
         init_layout = detect_layout(config.model.init) if config.model.init else None
-        self.codec, self.codec_info = build_codec(config.codec, init_layout)
+        self.codec, self.codec_info = build_codec(config.codec, init_layout, self._fit_pca)
         self.codec.to(dev)
         self.model_config, model = self._build_model(init_layout)
         tokenizer = TextTokenizer.from_dir(self.tokenizer_dir)
@@ -153,6 +154,19 @@ class Trainer:
                 else:
                     build_tiny_tokenizer(self.tokenizer_dir)
         xdist.all_reduce([0.0], self.info.device)  # everyone waits for the run folder
+
+    def _fit_pca(self):
+        """A patch-PCA codec for this run: fitted once on the mix by rank 0 into <run>/codec, loaded after."""
+        from .patch_pca import PatchPCACodec, sample_images
+
+        folder = self.run_dir / "codec"
+        c = self.c.codec
+        if self.info.is_main and not (folder / "codec.json").is_file():
+            side = int(math.isqrt(self.c.loader.max_pixels)) // c.pca_factor * c.pca_factor
+            images = sample_images(self.mix, (side, side), c.pca_images, self.c.seed)
+            PatchPCACodec.fit(images, c.pca_factor, c.pca_components, c.pca_whiten).save(folder)
+        xdist.all_reduce([0.0], self.info.device)
+        return PatchPCACodec.load(folder)
 
     def _build_model(self, layout) -> tuple[OmniGenConfig, OmniGen]:
         c = self.c.model
@@ -318,7 +332,8 @@ class Trainer:
                 bar.close()
             if writer is not None:
                 writer.close()
-        self.export()
+        if c.export:
+            self.export()
         return {"step": self.step, "loss": last_loss, "run_dir": str(self.run_dir), "mix": self.realized_ratios()}
 
     def realized_ratios(self) -> dict[str, dict[str, float]]:

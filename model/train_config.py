@@ -22,10 +22,16 @@ class ModelSection:
 
 @dataclass
 class CodecSection:
-    kind: Literal["auto", "pixel", "vae"] = "auto"  # auto: the checkpoint's vae/ with `init`, else pixel
-    path: str | None = None  # a diffusers AutoencoderKL folder (kind vae)
+    # auto: the checkpoint's codec with `init` (vae/ or codec.json), else pixel. pca: a patch-PCA codec
+    # (patch_pca.py) fitted on the mix at the start of the run (or loaded from `path`).
+    kind: Literal["auto", "pixel", "vae", "pca"] = "auto"
+    path: str | None = None  # kind vae: a diffusers AutoencoderKL folder; kind pca: a fitted codec folder
     pixel_factor: int = 2  # pixel codec: space-to-depth factor (latent channels 3 x factor^2)
     pixel_scaling: float = 1.0  # pixel codec: latents = pixels in [-1, 1] x this
+    pca_factor: int = 8  # pca codec: patch side (downsampling)
+    pca_components: int = 24  # pca codec: latent channels
+    pca_images: int = 2000  # pca codec: images of the mix it is fitted on
+    pca_whiten: bool = True  # pca codec: unit variance per component (else one common scale)
 
 
 @dataclass
@@ -78,6 +84,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     tensorboard: bool = True
     progress: bool = True
+    export: bool = True  # write final/ (and final-ema/) when the run ends
     model: ModelSection = field(default_factory=ModelSection)
     codec: CodecSection = field(default_factory=CodecSection)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -90,16 +97,20 @@ class TrainConfig:
         return to_dict(self)
 
 
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, merging nested mappings key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_train_config(path: str | Path | None = None, base: dict[str, Any] | None = None,
                       overrides: list[str] | None = None) -> TrainConfig:
     """`base` (e.g. from CLI options), then the YAML file over it, then `key=value` overrides over both."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        for key, value in read_yaml(path).items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
+        data = deep_merge(data, read_yaml(path))
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:

@@ -1,8 +1,8 @@
 """Codecs for training, and what a training run hands over: checkpoint folders the pipeline loads.
 
 A trained model folder is an ordinary checkpoint in our layout (config.json, model.safetensors, tokenizer files)
-plus its codec: `vae/` (a diffusers AutoencoderKL) or, for the weight-free pixel codec, `codec.json`
-({"kind": "pixel", "factor": f, "scaling": s}). LoRA runs also write `adapter/` in peft's format.
+plus its codec: `vae/` (a diffusers AutoencoderKL), or `codec.json`: {"kind": "pixel", "factor": f, "scaling": s}
+for the weight-free pixel codec, {"kind": "patch_pca", ...} + codec.safetensors for a fitted patch-PCA codec. LoRA runs also write `adapter/` in peft's format.
 `load_trained` turns such a folder back into an `OmniGenPipeline`.
 """
 from __future__ import annotations
@@ -23,19 +23,29 @@ from .config import OmniGenConfig
 from .vae import PixelCodec, load_vae
 
 
-def build_codec(section, init_layout: Layout | None):
-    """(codec, info) where info = {"kind", "fingerprint", ...} describes it for caches and export."""
+def build_codec(section, init_layout: Layout | None, fit_pca=None):
+    """(codec, info) where info = {"kind", "fingerprint", ...} describes it for caches and export. `fit_pca()`
+    returns a freshly fitted PatchPCACodec (kind pca without a path)."""
+    from .patch_pca import PatchPCACodec
+
     kind = section.kind
     path = section.path
     if kind == "auto":
+        spec_path = init_layout.root / "codec.json" if init_layout is not None else None
         if init_layout is not None and (init_layout.vae_dir / "config.json").is_file():
             kind, path = "vae", str(init_layout.vae_dir)
-        elif init_layout is not None and (init_layout.root / "codec.json").is_file():
-            spec = json.loads((init_layout.root / "codec.json").read_text())
-            kind = "pixel"
-            section = type(section)(kind="pixel", pixel_factor=spec["factor"], pixel_scaling=spec["scaling"])
+        elif spec_path is not None and spec_path.is_file():
+            spec = json.loads(spec_path.read_text())
+            if spec["kind"] == "patch_pca":
+                kind, path = "pca", str(init_layout.root)
+            else:
+                kind = "pixel"
+                section = type(section)(kind="pixel", pixel_factor=spec["factor"], pixel_scaling=spec["scaling"])
         else:
             kind = "pixel"
+    if kind == "pca":
+        codec = PatchPCACodec.load(path) if path else fit_pca()
+        return codec, {"kind": "pca", "codec": codec, "fingerprint": codec.fingerprint()}
     if kind == "pixel":
         codec = PixelCodec(section.pixel_factor, section.pixel_scaling)
         info = {"kind": "pixel", "factor": section.pixel_factor, "scaling": section.pixel_scaling,
@@ -86,6 +96,8 @@ def export_model(directory: Path, weights: dict[str, torch.Tensor], train_config
             shutil.copy2(tokenizer_dir / name, tmp / name)
     if codec_info["kind"] == "vae":
         shutil.copytree(codec_info["path"], tmp / "vae")
+    elif codec_info["kind"] == "pca":
+        codec_info["codec"].save(tmp)
     else:
         (tmp / "codec.json").write_text(json.dumps({"kind": "pixel", "factor": codec_info["factor"],
                                                     "scaling": codec_info["scaling"]}))
@@ -105,8 +117,11 @@ def load_trained(directory: str | Path, device: str | torch.device = "cpu", dtyp
     model = load_model(directory, dtype=dtype or torch.float32)
     codec_spec = directory / "codec.json"
     if codec_spec.is_file():
+        from .patch_pca import PatchPCACodec
+
         spec = json.loads(codec_spec.read_text())
-        codec = PixelCodec(spec["factor"], spec["scaling"])
+        codec = PatchPCACodec.load(directory) if spec["kind"] == "patch_pca" else PixelCodec(spec["factor"],
+                                                                                              spec["scaling"])
     else:
         codec = load_vae(directory / "vae")
     processor = Processor(TextTokenizer.from_dir(directory), multiple=codec.downsample * model.config.patch_size,

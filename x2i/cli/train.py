@@ -45,11 +45,15 @@ def train_command(
                        ("model.gradient_checkpointing", checkpointing)):
         if value is not None:
             cli_sets.append((key, value))
-    # Precedence: config file < explicit options < --set.
+    # Precedence: the mix's own `train:` settings < --config file < explicit options < --set.
     from x2i.config import read_yaml, set_dotted
+    from x2i.model.mix import load_mix_config
+    from x2i.model.train_config import deep_merge
 
     data = read_yaml(config) if config is not None else {}
     data.update(base)
+    if "mix" in data:
+        data = deep_merge(load_mix_config(data["mix"]).train, data)
     for key, value in cli_sets:
         set_dotted(data, key, value)
     if "mix" not in data:
