@@ -148,7 +148,14 @@ class Trainer:
             if not (self.tokenizer_dir / "tokenizer.json").is_file():
                 source = self.c.model.tokenizer or (
                     detect_layout(self.c.model.init).tokenizer_dir if self.c.model.init else None)
-                if source is not None:
+                if source == "fit":
+                    from .fit_tokenizer import fit_tokenizer, mix_instructions
+
+                    if self.c.model.init:
+                        raise X2IError("model.tokenizer: fit is for fresh models; a checkpoint brings its own")
+                    vocab = self.c.model.overrides.get("vocab_size", PRESETS[self.c.model.preset].get("vocab_size"))
+                    fit_tokenizer(mix_instructions(self.mix), self.tokenizer_dir, int(vocab or 32064))
+                elif source is not None:
                     shutil.copytree(source, self.tokenizer_dir, dirs_exist_ok=True,
                                     ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "vae", "transformer"))
                 else:

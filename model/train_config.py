@@ -16,7 +16,9 @@ class ModelSection:
     preset: str = "tiny"  # shape of a fresh model: tiny | small | omnigen-v1 (ignored with `init`)
     init: str | None = None  # checkpoint folder to start from (ours, official or diffusers layout)
     overrides: dict[str, Any] = field(default_factory=dict)  # OmniGenConfig fields over the preset (fresh)
-    tokenizer: str | None = None  # tokenizer folder; default: the checkpoint's, or a tiny one built locally
+    # tokenizer folder; default: the checkpoint's, or a tiny one built locally; "fit": a BPE fitted to the mix's
+    # instructions (fresh models; fit_tokenizer.py)
+    tokenizer: str | None = None
     gradient_checkpointing: bool = False
 
 
