@@ -25,7 +25,6 @@ import torch
 from x2i.errors import X2IError
 
 from .config import FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config, to_phi3_config
-from .layers import LongRoPE
 from .omnigen import OmniGen
 
 ENV_VAR = "X2I_OMNIGEN_DIR"
@@ -116,7 +115,8 @@ def read_weights(stem: Path, dtype: torch.dtype | None = None) -> dict[str, torc
 
 # ---- diffusers <-> ours ----------------------------------------------------------------------------------------
 
-_DIFFUSERS_RENAMES = {
+# diffusers name prefix -> ours (= official), and renames inside a decoder layer.
+_DIFFUSERS_PREFIXES = {
     "patch_embedding.pos_embed": "pos_embed",
     "patch_embedding.output_image_proj.": "x_embedder.proj.",
     "patch_embedding.input_image_proj.": "input_x_embedder.proj.",
@@ -124,18 +124,17 @@ _DIFFUSERS_RENAMES = {
     "t_embedder.linear_1.": "t_embedder.mlp.0.", "t_embedder.linear_2.": "t_embedder.mlp.2.",
     "norm_out.linear.": "final_layer.adaLN_modulation.1.", "proj_out.": "final_layer.linear.",
     "embed_tokens.": "llm.embed_tokens.", "norm.": "llm.norm.", "layers.": "llm.layers.",
-    "self_attn.to_out.0.": "self_attn.o_proj.",
 }
+_DIFFUSERS_LAYER_PARTS = {"self_attn.to_out.0.": "self_attn.o_proj."}
 
 
-def _rename(key: str, renames: dict[str, str]) -> str:
-    for old, new in renames.items():
+def _rename(key: str, prefixes: dict[str, str], parts: dict[str, str]) -> str:
+    for old, new in prefixes.items():
         if key.startswith(old):
             key = new + key[len(old):]
             break
-    for old, new in renames.items():  # inner renames (attention output) inside llm.layers.*
-        if old.startswith("self_attn") and old in key:
-            key = key.replace(old, new)
+    for old, new in parts.items():
+        key = key.replace(old, new)
     return key
 
 
@@ -147,7 +146,7 @@ def from_diffusers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch
             prefix, part = key.split(".self_attn.to_")
             qkv.setdefault(prefix, {})[part[0]] = value
             continue
-        out[_rename(key, _DIFFUSERS_RENAMES)] = value
+        out[_rename(key, _DIFFUSERS_PREFIXES, _DIFFUSERS_LAYER_PARTS)] = value
     for prefix, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise X2IError(f"diffusers checkpoint has only {sorted(parts)} of q/k/v for {prefix}")
@@ -157,7 +156,8 @@ def from_diffusers_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch
 
 def to_diffusers_state_dict(state: dict[str, torch.Tensor], config: OmniGenConfig) -> dict[str, torch.Tensor]:
     """Ours -> diffusers' OmniGenTransformer2DModel keys (for comparisons with diffusers on identical weights)."""
-    reverse = {new: old for old, new in _DIFFUSERS_RENAMES.items()}
+    prefixes = {new: old for old, new in _DIFFUSERS_PREFIXES.items()}
+    parts = {new: old for old, new in _DIFFUSERS_LAYER_PARTS.items()}
     out = {}
     q_size, kv_size = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
     for key, value in state.items():
@@ -166,7 +166,7 @@ def to_diffusers_state_dict(state: dict[str, torch.Tensor], config: OmniGenConfi
             for name, part in zip("qkv", value.split([q_size, kv_size, kv_size], dim=0)):
                 out[f"{prefix}self_attn.to_{name}.weight"] = part
             continue
-        out[_rename(key, reverse)] = value
+        out[_rename(key, prefixes, parts)] = value
     return out
 
 
@@ -217,7 +217,6 @@ def model_from_state(config: OmniGenConfig, state: dict[str, torch.Tensor], wher
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise X2IError(f"{where}: {exc}") from None
-    model.rope = LongRoPE(config)  # non-persistent buffers were created on the meta device
     return model.eval()
 
 
@@ -236,3 +235,24 @@ def save_model(model: OmniGen, directory: str | Path, layout: str = "x2i") -> No
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+
+
+def convert_checkpoint(source: str | Path, destination: str | Path, dtype: torch.dtype | None = None) -> Path:
+    """Any loadable layout (official, diffusers, ours) -> a complete directory in our layout: config.json,
+    model.safetensors, the tokenizer files and vae/."""
+    import shutil
+
+    layout = detect_layout(resolve_model_dir(source))
+    destination = Path(destination)
+    save_model(load_model(layout.root, dtype=dtype), destination)
+    for name in TOKENIZER_FILES:
+        if (layout.tokenizer_dir / name).is_file():
+            shutil.copy2(layout.tokenizer_dir / name, destination / name)
+    if not layout.vae_dir.is_dir():
+        raise X2IError(f"VAE folder {layout.vae_dir} not found")
+    shutil.copytree(layout.vae_dir, destination / "vae", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pth", "*.ckpt"))
+    return destination

@@ -41,24 +41,39 @@ class LongRoPE(nn.Module):
 
     def __init__(self, config: OmniGenConfig):
         super().__init__()
-        d = config.head_dim
-        exponents = torch.arange(0, d, 2, dtype=torch.int64).float() / d
-        short = torch.tensor(config.rope_short_factor or [1.0] * (d // 2), dtype=torch.float32)
-        long = torch.tensor(config.rope_long_factor or [1.0] * (d // 2), dtype=torch.float32)
-        self.register_buffer("inv_freq_short", 1.0 / (short * config.rope_theta ** exponents), persistent=False)
-        self.register_buffer("inv_freq_long", 1.0 / (long * config.rope_theta ** exponents), persistent=False)
+        self.head_dim, self.theta = config.head_dim, config.rope_theta
+        half = config.head_dim // 2
+        self.short_factor = list(config.rope_short_factor or [1.0] * half)
+        self.long_factor = list(config.rope_long_factor or [1.0] * half)
         self.original_max = config.original_max_position_embeddings
         self.scale = config.rope_scale
+        short, long = self._inverse_frequencies()
+        self.register_buffer("inv_freq_short", short, persistent=False)
+        self.register_buffer("inv_freq_long", long, persistent=False)
 
-    def forward(self, positions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions (B, L) and each sample's real sequence length (B,) -> cos, sin (B, 1, L, head_dim), fp32."""
-        # Rebuilt in fp32 every call: the buffers may have been cast along with the weights (bf16 loses
-        # precision on long contexts).
+    def _inverse_frequencies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.int64, device="cpu").float() / self.head_dim
+        return tuple(1.0 / (torch.tensor(f, dtype=torch.float32, device="cpu") * self.theta ** exponents)
+                     for f in (self.short_factor, self.long_factor))
+
+    def _apply(self, fn, recurse=True):
+        # Follow the model to its device but never to its dtype: rebuilt in fp32 after any move or cast.
+        super()._apply(fn, recurse)
+        device = self.inv_freq_short.device
+        if device.type != "meta":
+            self.inv_freq_short, self.inv_freq_long = (x.to(device) for x in self._inverse_frequencies())
+        return self
+
+    def forward(self, positions: torch.Tensor, lengths: torch.Tensor,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (B, L) and each sample's real sequence length (B,) -> cos, sin (B, 1, L, head_dim) in dtype."""
+        # Angles in fp32 whatever the weights' dtype (bf16 loses precision on long contexts), then cast once
+        # for all layers, as Phi-3 does.
         use_long = (lengths > self.original_max)[:, None]
-        inv_freq = torch.where(use_long, self.inv_freq_long.float(), self.inv_freq_short.float())  # (B, d/2)
+        inv_freq = torch.where(use_long, self.inv_freq_long, self.inv_freq_short)  # (B, d/2)
         freqs = positions.float()[:, :, None] * inv_freq[:, None, :]
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]
-        return emb.cos() * self.scale, emb.sin() * self.scale
+        return (emb.cos() * self.scale).to(dtype), (emb.sin() * self.scale).to(dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,13 @@ class ConditionCache:
     padded: bool  # any left padding (decided once here, so steps never wait on the GPU to find out)
 
 
+def position_ids(valid: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """Positions counting real tokens from 0 (plus `offset` per sample); padding gets the position of its neighbour
+    (any value would do: nothing attends to it)."""
+    positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+    return positions if offset is None else positions + offset[:, None]
+
+
 def sincos_pos_embed(dim: int, grid: int, base_size: int) -> torch.Tensor:
     """Fixed 2-D sincos embedding of a grid x grid patch grid, (grid * grid, dim); the first half of the channels
     encodes the column, the second half the row (OmniGen / DiT convention)."""
@@ -209,10 +216,11 @@ class OmniGen(nn.Module):
         return tokens, valid
 
     def unpatchify(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """(h*w/p^2, p*p*C) -> (C, h, w)."""
+        """(..., h*w/p^2, p*p*C) -> (..., C, h, w)."""
         p, c = self.config.patch_size, self.config.in_channels
-        x = tokens.reshape(h // p, w // p, p, p, c)
-        return torch.einsum("hwpqc->chpwq", x).reshape(c, h, w)
+        lead = tokens.shape[:-2]
+        x = tokens.reshape(*lead, h // p, w // p, p, p, c)
+        return torch.einsum("...hwpqc->...chpwq", x).reshape(*lead, c, h, w)
 
     # ---- forward ------------------------------------------------------------------------------------------------
 
@@ -254,11 +262,9 @@ class OmniGen(nn.Module):
         t = t.to(out_tokens.device).expand(b) if t.ndim == 0 else t.to(out_tokens.device)
         time_token = self.time_token(t)[:, None]
         if cache is None:
-            cond_valid = cond.valid
             hidden = torch.cat([self.embed_condition(cond), time_token, out_tokens], dim=1)
-            valid = torch.cat([cond_valid, torch.ones_like(cond_valid[:, :1]), out_valid], dim=1)
-            positions = (valid.long().cumsum(1) - 1).clamp(min=0)
-            cos, sin = self.rope(positions, valid.sum(1))
+            valid = torch.cat([cond.valid, torch.ones_like(cond.valid[:, :1]), out_valid], dim=1)
+            cos, sin = self.rope(position_ids(valid), valid.sum(1), hidden.dtype)
             mask = self.full_mask(cond, out_valid)
             hidden, _ = self.llm(hidden, cos, sin, mask)
         else:
@@ -267,15 +273,15 @@ class OmniGen(nn.Module):
                 raise ValueError(f"the cache was built for {cache.output_tokens} output tokens per sample, got {counts}")
             hidden = torch.cat([time_token, out_tokens], dim=1)
             new_valid = torch.cat([torch.ones_like(out_valid[:, :1]), out_valid], dim=1)
-            positions = cache.lengths[:, None] + new_valid.long().cumsum(1) - 1
-            cos, sin = self.rope(positions, cache.lengths + new_valid.sum(1))
+            positions = position_ids(new_valid, offset=cache.lengths)
+            cos, sin = self.rope(positions, cache.lengths + new_valid.sum(1), hidden.dtype)
             padded = cache.padded or len(set(counts)) > 1
             key_valid = torch.cat([cache.valid, new_valid], dim=1) if padded else None
             mask = StepMask(time_keys=cache.valid.shape[1] + 1, key_valid=key_valid)
             hidden, _ = self.llm(hidden, cos, sin, mask, past=cache.kv)
         out = self.final_layer(hidden[:, -n_out:], self.t_embedder(t))
         if isinstance(x, torch.Tensor):
-            return torch.stack([self.unpatchify(o, *x.shape[-2:]) for o in out])
+            return self.unpatchify(out, *x.shape[-2:])
         p2 = self.config.patch_size ** 2
         return [self.unpatchify(o[: xi.shape[-2] * xi.shape[-1] // p2], *xi.shape[-2:]) for o, xi in zip(out, x)]
 
@@ -292,9 +298,8 @@ class OmniGen(nn.Module):
         counts = [output_tokens] * len(cond) if isinstance(output_tokens, int) else list(output_tokens)
         hidden = self.embed_condition(cond)
         lengths = cond.valid.sum(1)
-        positions = (cond.valid.long().cumsum(1) - 1).clamp(min=0)
         total = lengths + 1 + torch.tensor(counts, device=lengths.device)
-        cos, sin = self.rope(positions, total)
+        cos, sin = self.rope(position_ids(cond.valid), total, hidden.dtype)
         mask = self.condition_mask(cond) & cond.valid[:, None, :]
         mask |= torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
         _, kv = self.llm(hidden, cos, sin, mask[:, None], keep_kv=True, final_norm=False)

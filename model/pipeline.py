@@ -7,6 +7,7 @@ is short, an input image is thousands of tokens) and LongRoPE decides per branch
 """
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -24,8 +25,10 @@ from .vae import ImageCodec, from_model_latents, load_vae, to_model_latents
 OFFLOAD_MODES = ("none", "model", "layers")
 
 
+@torch.no_grad()
 def encode_condition_images(cond: Condition, codec: ImageCodec) -> Condition:
-    """The condition with each input image encoded to model latents (one codec call per image: sizes differ)."""
+    """The condition with each input image encoded to model latents (one codec call per image: sizes differ).
+    No gradients: the codec is frozen while the model trains."""
     return cond.with_latents([to_model_latents(codec, p[None])[0] for p in cond.pixels])
 
 
@@ -65,13 +68,18 @@ class OmniGenPipeline:
 
     def _stream_layers(self) -> None:
         """Everything on the device except the decoder layers, each moved in just before it runs and out after."""
-        device = self.device
-        self.model.to(device)
+        def load(module, args):  # hooks must return None, or they replace the arguments / output
+            module.to(self.device)
+
+        def unload(module, args, output):
+            module.to("cpu")
+
+        self.model.to(self.device)
         for layer in self.model.llm.layers:
             layer.to("cpu")
-            layer.register_forward_pre_hook(lambda module, args: module.to(device))
-            layer.register_forward_hook(lambda module, args, output: module.to("cpu"))
-        self.codec.to(device)
+            layer.register_forward_pre_hook(load)
+            layer.register_forward_hook(unload)
+        self.codec.to(self.device)
 
     def _place(self, module, active: bool) -> None:
         if self.offload == "model":
@@ -108,6 +116,8 @@ class OmniGenPipeline:
         input_images = input_images or [[] for _ in prompts]
         if steps < 1:
             raise X2IError(f"steps must be at least 1, got {steps}")
+        if output_type not in ("pil", "tensor", "latent"):
+            raise X2IError(f"output_type must be pil, tensor or latent, got {output_type!r}")
         self.processor.max_input_image_size = max_input_image_size
         batch = self.processor.cfg_batch(prompts, input_images, negative_prompt, use_image_guidance=True)
         if use_input_image_size_as_output:
@@ -130,7 +140,8 @@ class OmniGenPipeline:
 
         f = self.codec.downsample
         shape = (len(prompts), self.codec.latent_channels, height // f, width // f)
-        generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+        # No seed: a fresh one from the OS, leaving torch's global generator alone.
+        generator = torch.Generator().manual_seed(seed if seed is not None else secrets.randbits(63))
         z = torch.randn(shape, generator=generator).to(self.device)  # drawn on CPU: same noise on any device
 
         self._place(self.model, True)

@@ -12,7 +12,7 @@ from .checkpoint import save_model, to_diffusers_state_dict
 from .config import OmniGenConfig, preset, to_diffusers_kwargs
 from .omnigen import OmniGen
 from .tokenizer import build_tiny_tokenizer
-from .vae import tiny_autoencoder
+from .vae import PixelCodec, save_pixel_codec, tiny_autoencoder
 
 
 @torch.no_grad()
@@ -39,11 +39,16 @@ def random_model(config: OmniGenConfig | str = "tiny", seed: int = 0) -> OmniGen
 
 
 def make_tiny_checkpoint(directory: str | Path, config: OmniGenConfig | str = "tiny", seed: int = 0,
-                         layout: str = "x2i", model: OmniGen | None = None) -> Path:
+                         layout: str = "x2i", model: OmniGen | None = None, pixel_codec_factor: int | None = None) -> Path:
     """Write a complete checkpoint directory in our layout, the official one ("official") or diffusers'
-    ("diffusers"). Returns the directory."""
+    ("diffusers"). vae/ holds a tiny random AutoencoderKL, or with `pixel_codec_factor` a weight-free PixelCodec
+    (the model then takes 3 * factor^2 latent channels). Returns the directory."""
     directory = Path(directory)
-    model = model or random_model(config, seed)
+    if model is None:
+        config = preset(config) if isinstance(config, str) else config
+        if pixel_codec_factor:
+            config.in_channels = PixelCodec(pixel_codec_factor).latent_channels
+        model = random_model(config, seed)
     if layout == "diffusers":
         from diffusers import OmniGenTransformer2DModel
 
@@ -63,7 +68,10 @@ def make_tiny_checkpoint(directory: str | Path, config: OmniGenConfig | str = "t
     else:
         save_model(model, directory, layout=layout)
         build_tiny_tokenizer(directory)
-    tiny_autoencoder(seed).save_pretrained(str(directory / "vae"), safe_serialization=True)
+    if pixel_codec_factor:
+        save_pixel_codec(PixelCodec(pixel_codec_factor), directory / "vae")
+    else:
+        tiny_autoencoder(seed).save_pretrained(str(directory / "vae"), safe_serialization=True)
     return directory
 
 

@@ -8,6 +8,7 @@ Model latents are `(encode(x) - shift_factor) * scaling_factor` (`to_model_laten
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -93,11 +94,25 @@ def tiny_autoencoder(seed: int = 0):
                          up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=SDXL_SCALING_FACTOR, sample_size=64)
 
 
-def load_vae(directory: str | Path) -> DiffusersVAE:
-    """An AutoencoderKL saved by diffusers (config.json + diffusion_pytorch_model.safetensors), safetensors only."""
+PIXEL_CODEC_FILE = "pixel_codec.json"
+
+
+def save_pixel_codec(codec: PixelCodec, directory: str | Path) -> None:
+    """A checkpoint's vae/ folder can hold a PixelCodec instead of an AutoencoderKL (tiny models trained on CPU)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / PIXEL_CODEC_FILE).write_text(json.dumps({"factor": codec.downsample,
+                                                          "scaling_factor": codec.scaling_factor}))
+
+
+def load_vae(directory: str | Path) -> DiffusersVAE | PixelCodec:
+    """The codec in a checkpoint's vae/ folder: an AutoencoderKL saved by diffusers (config.json +
+    diffusion_pytorch_model.safetensors, safetensors only), or a PixelCodec (pixel_codec.json)."""
     from diffusers import AutoencoderKL
 
     directory = Path(directory)
+    if (directory / PIXEL_CODEC_FILE).is_file():
+        return PixelCodec(**json.loads((directory / PIXEL_CODEC_FILE).read_text()))
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):
         if not (directory / name).is_file():
             raise X2IError(f"VAE file {name} not found in {directory}"
