@@ -20,6 +20,7 @@ from PIL import Image
 
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe
+from x2i.errors import X2IError
 from x2i.imageio import FitTransform, fit
 from x2i.masks import changed_fraction, diff_mask, encode_mask, mask_from_image
 from x2i.prompt import placeholder
@@ -39,6 +40,12 @@ class ImageEditParams:
     mask_open: int = 1  # px, opening radius that removes isolated speckle from diff masks
     mask_dilate: int = 2  # px, dilation that covers soft edges of diff masks
 
+    def __post_init__(self):  # checked when the recipe is read, before any work
+        if self.mask not in ("auto", "dataset", "diff"):
+            raise X2IError(f"params.mask must be auto, dataset or diff, got {self.mask!r}")
+        if not 0 <= self.diff_threshold < 255 or self.mask_open < 0 or self.mask_dilate < 0:
+            raise X2IError("params: diff_threshold must be in 0..254, mask_open and mask_dilate >= 0")
+
 
 def fit_mask(mask: np.ndarray, t: FitTransform) -> np.ndarray:
     """Apply an image's FitTransform to its mask (nearest neighbour: masks stay binary)."""
@@ -53,8 +60,6 @@ class ImageEditStep(MapStep):
     name = TASK
 
     def __init__(self, params: ImageEditParams, max_side: int, multiple: int, quality: int):
-        if params.mask not in ("auto", "dataset", "diff"):
-            raise ValueError(f"params.mask must be auto, dataset or diff, got {params.mask!r}")
         self.p = params
         self.max_side, self.multiple, self.quality = max_side, multiple, quality
 

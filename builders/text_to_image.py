@@ -12,7 +12,6 @@ columns (with their provenance in meta) until a curation step recomputes them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe, threshold_reason

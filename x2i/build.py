@@ -5,7 +5,8 @@ Output dir layout:
     rejects/part-<partition>.parquet           the rejects ledger (reason, provenance, url)
     _progress/plan.json                        what this dir is being built from (recipe, partitions, quotas)
     _progress/part-<partition>.json            completion record: a partition is done iff this exists
-    manifest.json                              written when every partition is done
+    _progress/post-*.json, rejects/<step>.parquet  state and ledger of whole-build passes (e.g. dedup)
+    manifest.json                              written when every partition is done and the passes ran
 
 A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at most the partitions in
 flight; a re-run with a different plan is refused rather than mixing two builds in one folder.

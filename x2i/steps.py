@@ -42,8 +42,8 @@ class Context:
                source: str = "", source_key: str = "", task: str = "", meta: dict | None = None) -> None:
         if sample is not None:
             source, source_key, task = sample.source, sample.source_key, sample.task
-            if meta is None and sample.meta.get("url"):
-                meta = {"url": sample.meta["url"]}
+            if meta is None:  # what a retry or a look needs: the URL, or the file and row/line it came from
+                meta = {k: sample.meta[k] for k in ("url", "file", "row", "line") if sample.meta.get(k) is not None}
         self.reject_counts[reason] += 1
         self.rejects.append(Reject(reason, source, source_key, task, step, detail, meta or {}))
 

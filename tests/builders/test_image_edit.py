@@ -105,3 +105,16 @@ def test_jpeg_noise_does_not_make_a_change_mask():
     edited[10:30, 10:30] = [255, 0, 0]
     mask = diff_mask(a, Image.fromarray(edited), threshold=32)
     assert mask[10:30, 10:30].all() and mask.mean() < (20 * 20 + 4 * 24) / 128**2 + 0.005
+
+
+def test_output_loads_with_datasets(tmp_path):
+    """The shards decode with `datasets` and no arguments: input_images as a list of images, masks in meta."""
+    import datasets
+
+    build(tmp_path / "out", "--limit", "4")
+    files = sorted(str(p) for p in (tmp_path / "out" / "data").rglob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
+    row = ds[0]
+    assert isinstance(row["output_image"], Image.Image) and isinstance(row["input_images"][0], Image.Image)
+    mask = decode_mask(json.loads(row["meta"])["change_mask"])
+    assert mask.shape == (row["output_image"].height, row["output_image"].width)

@@ -76,6 +76,16 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(BIG)
             self.close_connection = True
             return None
+        if path == "/chunked":  # Transfer-Encoding: chunked, as many CDNs answer
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(JPEG), 700):
+                part = JPEG[i:i + 700]
+                self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return None
         if path == "/slow":  # headers at once, then the body trickles far beyond any sane deadline
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")

@@ -26,6 +26,7 @@ def test_good_images_and_generic_binary_type(server):
     assert r.ok and r.data == JPEG and r.http_status == 200 and r.content_type == "image/jpeg"
     assert d.fetch(server.url("/good.png")).data == PNG
     assert d.fetch(server.url("/octet")).ok  # application/octet-stream passes on its magic bytes
+    assert d.fetch(server.url("/chunked")).data == JPEG
 
 
 @pytest.mark.parametrize("path,status", [

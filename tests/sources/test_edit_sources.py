@@ -48,6 +48,11 @@ def test_instructpix2pix_with_bad_rows(tmp_path, pairs):
     assert {r["instruction"] for r in got} == {f"<img><|image_1|></img> {p['instruction']}" for p in pairs}
     meta = json.loads(got[0]["meta"])
     assert meta["original_prompt"] == pairs[0]["before_caption"] and meta["change_mask"]["source"] == "diff"
+    from helpers_curate import rejects
+
+    ledger = {r["reason"]: json.loads(r["meta"]) for r in rejects(out)}
+    assert ledger["size_mismatch"] == {"file": path.name, "row": len(pairs)}  # the first bad row
+    assert ledger["image_corrupt"] == {"file": str(path), "row": len(pairs) + 2}
 
 
 @pytest.mark.parametrize("region", [False, True])

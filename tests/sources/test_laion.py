@@ -98,3 +98,29 @@ def test_v2_types_are_as_published(tmp_path):
     assert schema.field("AESTHETIC_SCORE").type == pa.float64() and schema.field("WIDTH").type == pa.float64()
     assert "__index_level_0__" in schema.names and "aesthetic" not in schema.names
     write_parquet(tmp_path / "x.parquet", [], LAION_V1)  # the v1 schema round-trips empty files too
+
+
+def test_img2dataset_parquet_output_format(tmp_path):
+    """img2dataset --output_format parquet: one parquet per shard with the image in a `jpg` column."""
+    cases = [c for c in laion_cases() if c["_image"] is not None]
+    meta = laion_metadata(cases)
+    table = []
+    for i, (c, m) in enumerate(zip(cases, meta)):
+        table.append({"url": m["URL"], "caption": m["TEXT"], "key": f"00000{i:04d}", "status": "success",
+                      "error_message": None, "width": 448, "height": 400, "original_width": 448,
+                      "original_height": 400, "exif": None, "sha256": None, "jpg": c["_image"],
+                      **{k: v for k, v in m.items() if k not in ("URL", "TEXT")}})
+    schema = pa.schema([("url", pa.string()), ("caption", pa.string()), ("key", pa.string()), ("status", pa.string()),
+                        ("error_message", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
+                        ("original_width", pa.int64()), ("original_height", pa.int64()), ("exif", pa.string()),
+                        ("sha256", pa.string()), ("jpg", pa.binary())]
+                       + [f for f in LAION_V1 if f.name not in ("URL", "TEXT")])
+    folder = tmp_path / "pq"
+    write_parquet(folder / "00000.parquet", table, schema)
+    out = tmp_path / "out"
+    result = cli("build", "--task", "text-to-image", "--source", str(folder), "-o", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    manifest = validate(out)
+    # row 5's download is small, but img2dataset recorded a 448x400 original: the recorded original size decides
+    assert {json.loads(r["meta"])["url"] for r in rows(out)} == KEPT | {"https://example.com/laion/5.jpg"}
+    assert "too_small" not in manifest["rejects"] and manifest["rejects"]["image_corrupt"] == 1

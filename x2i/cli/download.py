@@ -8,6 +8,7 @@ a build reads it as `--images` next to the LAION parquet (rows joined on URL).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections import Counter
@@ -19,7 +20,8 @@ import typer
 from x2i.cli.common import fail, user_errors
 
 
-def _parquet_rows(source: Path, url_col: Optional[str], caption_col: Optional[str], limit: Optional[int]):
+def _parquet_schema(source: Path, url_col: Optional[str], caption_col: Optional[str]):
+    """(files, url column, caption column, [(other column, type)]) of a URL list in parquet."""
     import pyarrow.parquet as pq
 
     from x2i.errors import SourceError
@@ -30,21 +32,26 @@ def _parquet_rows(source: Path, url_col: Optional[str], caption_col: Optional[st
     schema = pq.read_schema(files[0])
     url_col = url_col or next((c for c in ("URL", "url") if c in schema.names), None)
     caption_col = caption_col or next((c for c in ("TEXT", "caption") if c in schema.names), None)
-    if url_col is None or url_col not in schema.names:
-        raise SourceError(files[0], f"missing column '{url_col or 'URL'}' (give --url-col)")
-    extra = [(f.name, f.type) for f in schema if f.name not in (url_col, caption_col)]
-    rows = []
     for f in files:
-        names = pq.read_schema(f).names
-        if url_col not in names:
-            raise SourceError(f, f"missing column '{url_col}'")
+        if url_col is None or url_col not in pq.read_schema(f).names:
+            raise SourceError(f, f"missing column '{url_col or 'URL'}' (give --url-col)")
+    extra = [(f.name, f.type) for f in schema if f.name not in (url_col, caption_col)]
+    return files, url_col, caption_col, extra
+
+
+def _parquet_rows(files, url_col: str, caption_col: Optional[str], extra, limit: Optional[int]):
+    """Stream (url, caption, other columns) rows: a LAION part has millions, never all in memory."""
+    import pyarrow.parquet as pq
+
+    n = 0
+    for f in files:
         for batch in pq.ParquetFile(f).iter_batches(batch_size=4096):
             for row in batch.to_pylist():
-                rows.append((row.get(url_col), row.get(caption_col) if caption_col else None,
-                             {name: row.get(name) for name, _ in extra}))
-                if limit is not None and len(rows) >= limit:
-                    return rows, extra
-    return rows, extra
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield row.get(url_col), row.get(caption_col) if caption_col else None, \
+                    {name: row.get(name) for name, _ in extra}
 
 
 def _reject_rows(build: Path, limit: Optional[int]):
@@ -92,19 +99,21 @@ def download_command(
     if out.exists() and any(out.iterdir()):
         fail(f"{out} exists and is not empty; choose another --out")
     if from_rejects:
-        rows = _reject_rows(source, limit)
         import pyarrow as pa
 
+        rows = iter(_reject_rows(source, limit))
         extra = [("x2i_reject_reason", pa.string())]
     else:
-        rows, extra = _parquet_rows(source, url_col, caption_col, limit)
+        files, url_col, caption_col, extra = _parquet_schema(source, url_col, caption_col)
+        rows = _parquet_rows(files, url_col, caption_col, extra, limit)
     config = DownloadConfig(concurrency=concurrency, timeout=timeout, retries=retries, max_bytes=max_bytes,
                             allow_networks=tuple(allow_network), respect_robots=not ignore_robots)
     downloader = Downloader(config)
     statuses: Counter = Counter()
     started = time.time()
-    for shard, first in enumerate(range(0, len(rows), per_shard)):
-        chunk = rows[first:first + per_shard]
+    total, shard = 0, 0
+    while chunk := list(itertools.islice(rows, per_shard)):
+        total += len(chunk)
         records = []
         for (url, caption, additional), res in zip(chunk, downloader.fetch_many([u for u, _, _ in chunk])):
             if not res.ok:
@@ -122,9 +131,10 @@ def download_command(
             statuses["success"] += 1
             records.append(DownloadRecord(url, caption, res.data, image.width, image.height, additional=additional))
         write_shard(out, shard, records, extra, samples_per_shard=max(per_shard, 10))
+        shard += 1
     seconds = time.time() - started
     summary = ", ".join(f"{k} {v}" for k, v in statuses.most_common())
-    typer.echo(f"downloaded {statuses['success']}/{len(rows)} URLs in {seconds:.1f}s to {out}" +
+    typer.echo(f"downloaded {statuses['success']}/{total} URLs in {seconds:.1f}s to {out}" +
                (f" ({summary})" if summary else ""))
 
 
