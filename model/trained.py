@@ -20,46 +20,61 @@ from x2i.errors import X2IError
 
 from .checkpoint import Layout, load_model
 from .config import OmniGenConfig
-from .vae import PixelCodec, load_vae
+from .vae import PixelCodec, load_vae, save_pixel_codec
 
 
-def build_codec(section, init_layout: Layout | None, fit_pca=None):
-    """(codec, info) where info = {"kind", "fingerprint", ...} describes it for caches and export. `fit_pca()`
-    returns a freshly fitted PatchPCACodec (kind pca without a path)."""
+def load_codec(vae_dir: str | Path):
+    """The codec in a model folder's vae/: a fitted patch-PCA codec (codec.json), else what the model's
+    load_vae reads (a diffusers AutoencoderKL, or a PixelCodec's pixel_codec.json)."""
     from .patch_pca import PatchPCACodec
 
-    kind = section.kind
-    path = section.path
-    if kind == "auto":
-        spec_path = init_layout.root / "codec.json" if init_layout is not None else None
-        if init_layout is not None and (init_layout.vae_dir / "config.json").is_file():
-            kind, path = "vae", str(init_layout.vae_dir)
-        elif spec_path is not None and spec_path.is_file():
-            spec = json.loads(spec_path.read_text())
-            if spec["kind"] == "patch_pca":
-                kind, path = "pca", str(init_layout.root)
-            else:
-                kind = "pixel"
-                section = type(section)(kind="pixel", pixel_factor=spec["factor"], pixel_scaling=spec["scaling"])
-        else:
-            kind = "pixel"
-    if kind == "pca":
-        codec = PatchPCACodec.load(path) if path else fit_pca()
-        return codec, {"kind": "pca", "codec": codec, "fingerprint": codec.fingerprint()}
-    if kind == "pixel":
-        codec = PixelCodec(section.pixel_factor, section.pixel_scaling)
-        info = {"kind": "pixel", "factor": section.pixel_factor, "scaling": section.pixel_scaling,
-                "fingerprint": f"pixel-f{section.pixel_factor}-s{section.pixel_scaling:g}"}
-        return codec, info
-    if not path:
-        raise X2IError("codec.kind vae needs codec.path (a diffusers AutoencoderKL folder)")
-    codec = load_vae(path)
+    vae_dir = Path(vae_dir)
+    if (vae_dir / "codec.json").is_file():
+        return PatchPCACodec.load(vae_dir)
+    return load_vae(vae_dir)
+
+
+def codec_info(codec, path: str | None = None) -> dict[str, Any]:
+    """How a codec is identified (latent cache folders) and exported."""
+    from .patch_pca import PatchPCACodec
+
+    if isinstance(codec, PatchPCACodec):
+        return {"kind": "pca", "codec": codec, "fingerprint": codec.fingerprint()}
+    if isinstance(codec, PixelCodec):
+        return {"kind": "pixel", "codec": codec,
+                "fingerprint": f"pixel-f{codec.downsample}-s{codec.scaling_factor:g}"}
     weights = Path(path) / "diffusion_pytorch_model.safetensors"
     st = weights.stat()
     digest = hashlib.sha256(f"{weights.resolve()}|{st.st_size}|{st.st_mtime_ns}|{codec.scaling_factor}".encode())
-    for p in codec.module.parameters():
-        p.requires_grad_(False)
-    return codec, {"kind": "vae", "path": str(path), "fingerprint": "vae-" + digest.hexdigest()[:16]}
+    return {"kind": "vae", "path": str(path), "fingerprint": "vae-" + digest.hexdigest()[:16]}
+
+
+def build_codec(section, init_layout: Layout | None, fit_pca=None):
+    """(codec, info) for a run. `fit_pca()` returns a freshly fitted PatchPCACodec (kind pca without a path)."""
+    from .patch_pca import PatchPCACodec
+
+    kind, path = section.kind, section.path
+    if kind == "auto":
+        if init_layout is not None:
+            if not init_layout.vae_dir.is_dir():
+                raise X2IError(f"{init_layout.root} has no vae/ folder: give codec.kind and codec.path")
+            kind, path = "checkpoint", str(init_layout.vae_dir)
+        else:
+            kind = "pixel"
+    if kind == "checkpoint":
+        codec = load_codec(path)
+    elif kind == "pca":
+        codec = PatchPCACodec.load(path) if path else fit_pca()
+    elif kind == "pixel":
+        codec = PixelCodec(section.pixel_factor, section.pixel_scaling)
+    else:
+        if not path:
+            raise X2IError("codec.kind vae needs codec.path (a diffusers AutoencoderKL folder)")
+        codec = load_vae(path)
+    if hasattr(codec, "module"):
+        for p in codec.module.parameters():
+            p.requires_grad_(False)
+    return codec, codec_info(codec, path)
 
 
 def _write_weights(directory: Path, weights: dict[str, torch.Tensor], config: OmniGenConfig) -> None:
@@ -97,10 +112,9 @@ def export_model(directory: Path, weights: dict[str, torch.Tensor], train_config
     if codec_info["kind"] == "vae":
         shutil.copytree(codec_info["path"], tmp / "vae")
     elif codec_info["kind"] == "pca":
-        codec_info["codec"].save(tmp)
+        codec_info["codec"].save(tmp / "vae")
     else:
-        (tmp / "codec.json").write_text(json.dumps({"kind": "pixel", "factor": codec_info["factor"],
-                                                    "scaling": codec_info["scaling"]}))
+        save_pixel_codec(codec_info["codec"], tmp / "vae")
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -115,15 +129,7 @@ def load_trained(directory: str | Path, device: str | torch.device = "cpu", dtyp
 
     directory = Path(directory)
     model = load_model(directory, dtype=dtype or torch.float32)
-    codec_spec = directory / "codec.json"
-    if codec_spec.is_file():
-        from .patch_pca import PatchPCACodec
-
-        spec = json.loads(codec_spec.read_text())
-        codec = PatchPCACodec.load(directory) if spec["kind"] == "patch_pca" else PixelCodec(spec["factor"],
-                                                                                              spec["scaling"])
-    else:
-        codec = load_vae(directory / "vae")
+    codec = load_codec(directory / "vae")
     processor = Processor(TextTokenizer.from_dir(directory), multiple=codec.downsample * model.config.patch_size,
                           pad_token_id=model.config.pad_token_id)
     return OmniGenPipeline(model, processor, codec, device=device, dtype=dtype or torch.float32)

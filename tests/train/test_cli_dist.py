@@ -44,7 +44,13 @@ def test_x2i_train_runs_and_records_its_config(built, tmp_path):
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["steps"] == 3 and config["model"]["preset"] == "tiny" and config["loader"]["max_pixels"] == 1024
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
-    assert (run / "final" / "model.safetensors").is_file() and (run / "final" / "codec.json").is_file()
+    assert (run / "final" / "vae" / "pixel_codec.json").is_file()
+    # The exported folder is an ordinary checkpoint: the model's own pipeline loads it and generates.
+    from x2i.model.pipeline import OmniGenPipeline
+
+    pipe = OmniGenPipeline.from_pretrained(run / "final", device="cpu")
+    image = pipe("A small red circle on a plain background.", height=32, width=32, steps=2, seed=0)[0]
+    assert image.size == (32, 32)
     # The same command again would overwrite a run: refused, one line, exit 2.
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "--resume" in again.output and len(again.output.strip().splitlines()) == 1
