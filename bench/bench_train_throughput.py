@@ -5,8 +5,8 @@
     # CPU (recorded here): a small model at 128 x 128
     python bench/bench_train_throughput.py --device cpu --preset small --size 128 --batch 4 --steps 12 --workers 2
 
-What runs is the real trainer (`x2i.model.train.Trainer`) on a mix of the embedded text-to-image sample built by
-x2i at the requested size (`x2i build --task text-to-image`, shapes world + photos), with a patch-PCA codec of
+What runs is the real trainer (`x2i.model.train.Trainer`) on the embedded text-to-image sample built by x2i
+(`x2i build --task text-to-image`: 512 px shapes scenes and photos, fitted to --size buckets), with a patch-PCA codec of
 SDXL's shape (8x downsampling, 4 latent channels; fitted in seconds, so the codec costs what a VAE encode would
 cost at most): 512 x 512 gives 32 x 32 = 1024 output tokens per image, as OmniGen-v1 at 512 px.
 
@@ -54,14 +54,14 @@ def peak_flops(device: str, override: float | None) -> float | None:
     return None
 
 
-def build_data(work: Path, size: int) -> Path:
-    out = work / f"t2i-{size}"
+def build_data(work: Path) -> Path:
+    """The text-to-image recipe on the embedded sample, as shipped: 512 px shapes scenes and package photos."""
+    out = work / "t2i"
     if not (out / "manifest.json").is_file():
         env = {**os.environ, "X2I_CACHE": os.environ.get("X2I_CACHE", str(work / "cache"))}
         subprocess.run([sys.executable, "-m", "x2i.cli.main", "build", "--task", "text-to-image", "--out", str(out),
-                        "-q", "--set", f"source.options.embedded.size={size}", "--set", "params.min_side=null",
-                        "--set", f"output.max_side={size}"], check=True, env=env)
-    mix = work / f"mix-{size}.yaml"
+                        "-q"], check=True, env=env)
+    mix = work / "mix.yaml"
     mix.write_text(f"name: bench\nseed: 0\ndatasets:\n  - {{path: {out}}}\n")
     return mix
 
@@ -77,6 +77,32 @@ def loader_throughput(trainer, batches: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def loader_table(args, mix: Path) -> None:
+    """The loader alone: decode, fit to the bucket, tokenize, collate; latents not computed."""
+    from x2i.config import from_dict
+    from x2i.model.loader import Geometry, LoaderConfig, MixLoader, make_dataloader
+    from x2i.model.mix import load_mix
+    from x2i.model.processor import Processor
+    from x2i.model.tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(args.work / "tokenizer")
+    m = load_mix(mix)
+    print("| workers | samples/s | batches/s |")
+    print("|---|---|---|")
+    for workers in range(args.workers + 1):
+        config = from_dict(LoaderConfig, {"batch_size": args.batch, "max_pixels": args.size * args.size,
+                                          "num_workers": workers, "max_input_side": args.size})
+        loader = make_dataloader(MixLoader(m, config, Processor(tokenizer), Geometry(8, 2, "bench")))
+        it = iter(loader)
+        next(it)
+        batches = max(8, 4 * workers)
+        t0, n = time.perf_counter(), 0
+        for _ in range(batches):
+            n += len(next(it))
+        dt = time.perf_counter() - t0
+        print(f"| {workers} | {n / dt:.1f} | {batches / dt:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -90,6 +116,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--work", type=Path, default=Path("/tmp/x2i-bench-throughput"))
+    ap.add_argument("--loader-only", action="store_true",
+                    help="only the loader's samples/s, for 0..--workers worker processes (no model steps)")
     args = ap.parse_args()
 
     import torch
@@ -99,7 +127,9 @@ def main() -> None:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    mix = build_data(work, args.size)
+    mix = build_data(work)
+    if args.loader_only:
+        return loader_table(args, mix)
     warmup = args.warmup if args.warmup is not None else max(1, args.steps // 4)
     peak = peak_flops(args.device, args.peak_tflops)
     results = []
