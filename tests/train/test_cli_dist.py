@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from x2i.cli.main import app
 
-from conftest import write_mix
+from train_helpers import write_mix
 
 TRAIN_SETS = ["--set", "loader.max_pixels=1024", "--set", "loader.max_input_side=32", "--set", "save_every=2",
               "--set", "log_every=1", "--set", "tensorboard=false", "--set", "codec.pixel_factor=2"]

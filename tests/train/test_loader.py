@@ -19,7 +19,7 @@ from x2i.model.tokenizer import build_tiny_tokenizer
 from x2i.sample import Sample
 from x2i.shards import PartitionWriter, iter_rows, shard_files
 
-from conftest import shapes_sample, write_dataset, write_mix
+from train_helpers import shapes_sample, write_dataset, write_mix
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +65,15 @@ def test_ranks_and_workers_read_disjoint_units(datasets, tokenizer, tmp_path):
         assert len(set(ids)) == 20
         seen.append(set(ids))
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 40
-    # Workers split a rank's share the same way: 2 ranks x 2 workers = 4 consumers, one unit each.
-    loader = make_loader(mix, tokenizer, rank=1, world=2, batch_size=5, num_workers=2)
-    per_worker = [{i for b in (loader.sampler(w).next_batch()[0], loader.sampler(w).next_batch()[0])
-                   for i in [row["id"] for _, _, row, _ in b]} for w in range(2)]
-    assert all(len(s) <= 10 for s in per_worker) and not per_worker[0] & per_worker[1]
+    # Workers split a rank's share the same way: 2 ranks x 2 workers = 4 consumers, one row group each per pass.
+    per_consumer = []
+    for rank in range(2):
+        loader = make_loader(mix, tokenizer, rank=rank, world=2, batch_size=5, num_workers=2)
+        for w in range(2):
+            sampler = loader.sampler(w)
+            per_consumer.append({row["id"] for _ in range(2) for _, _, row, _ in sampler.next_batch()[0]})
+    assert [len(s) for s in per_consumer] == [10, 10, 10, 10]
+    assert len(set().union(*per_consumer)) == 40
 
 
 def test_resume_continues_exactly_with_rows_waiting_in_buckets(tmp_path, tokenizer):

@@ -11,7 +11,7 @@ from x2i.config import ConfigError
 from x2i.errors import X2IError
 from x2i.model.mix import load_mix
 
-from conftest import write_dataset, write_mix
+from train_helpers import write_dataset, write_mix
 
 
 def test_dataset_ratios_split_by_rows_inside_a_dataset(datasets, tmp_path):

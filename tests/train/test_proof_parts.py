@@ -12,7 +12,7 @@ from x2i.model.patch_pca import PatchPCACodec, sample_images
 from x2i.model.shapes_check import accuracy, check, parse_prompt
 from x2i.shapes.world import COLORS, SHAPES, make_scene
 
-from conftest import write_mix
+from train_helpers import write_mix
 
 
 def test_checker_reads_real_renders_and_rejects_what_is_not_there():

@@ -15,7 +15,7 @@ from x2i.model.train import Trainer, TrainingStopped
 from x2i.model.train_config import load_train_config
 from x2i.shards import iter_rows, shard_files
 
-from conftest import write_mix
+from train_helpers import write_mix
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,10 @@ def train_command(
         summary = trainer.train()
     except TrainingStopped as exc:
         fail(str(exc), code=1)
+    except KeyboardInterrupt:
+        typer.echo(f"x2i: interrupted; continue from the last checkpoint with: x2i train ... --out "
+                   f"{resolved.run_dir} --resume", err=True)
+        raise typer.Exit(130) from None
     finally:
         from x2i.model.dist import cleanup
 
