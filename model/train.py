@@ -343,6 +343,27 @@ class Trainer:
             self.export()
         return {"step": self.step, "loss": last_loss, "run_dir": str(self.run_dir), "mix": self.realized_ratios()}
 
+    def precompute_latents(self) -> int:
+        """Fill the latent cache before training: as many batches as the mix has rows (per process, without
+        condition dropout, so every input image is seen). Streams are still drawn by their weights, so rows of
+        light streams may be left for the first epoch to cache. Returns the number of samples encoded."""
+        import itertools
+
+        from .loader import DropoutConfig
+
+        if self.cache is None:
+            raise X2IError("precomputing latents needs loader.latent_cache (a folder)")
+        config = dataclasses.replace(self.c.loader, dropout=DropoutConfig(both=0.0, text=0.0, images=0.0))
+        d = self.dataset
+        dataset = MixLoader(self.mix, config, d.processor, d.geometry, self.info.rank, self.info.world_size)
+        rows = sum(s.rows for s in self.mix.streams)
+        batches = math.ceil(rows / (config.batch_size * self.info.world_size))
+        done = 0
+        for batch in itertools.islice(make_dataloader(dataset), batches):
+            self._latents(batch)
+            done += len(batch)
+        return done
+
     def realized_ratios(self) -> dict[str, dict[str, float]]:
         names = list(self.stream_counts)
         counts = xdist.all_reduce([float(self.stream_counts[n]) for n in names], self.info.device)

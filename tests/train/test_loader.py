@@ -16,7 +16,6 @@ from x2i.model.loader import Geometry, LatentCache, LoaderConfig, MixLoader, mak
 from x2i.model.mix import load_mix
 from x2i.model.processor import Processor
 from x2i.model.tokenizer import build_tiny_tokenizer
-from x2i.sample import Sample
 from x2i.shards import PartitionWriter, iter_rows, shard_files
 
 from train_helpers import shapes_sample, write_dataset, write_mix

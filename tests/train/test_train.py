@@ -160,3 +160,18 @@ def test_lora_adapter_save_load_merge_round_trip(tmp_path, mix_path):
         out_base, out_merged, out_adapter = base(cond, x, t), merged(cond, x, t), with_adapter(cond, x, t)
     torch.testing.assert_close(out_adapter, out_merged, rtol=1e-5, atol=1e-5)
     assert (out_merged - out_base).abs().max() > 1e-4
+
+
+def test_precomputed_latent_cache_is_used_and_changes_nothing(tmp_path, mix_path):
+    over = dict(loader={"latent_cache": str(tmp_path / "cache")}, steps=3)
+    cached = Trainer(config(tmp_path / "cached", mix_path, **over))
+    assert cached.precompute_latents() >= 130
+    files = list((tmp_path / "cache").rglob("*.npy"))
+    assert len(files) > 100
+    batch = next(iter(cached.dataset))
+    assert all(x is not None for x in batch.out_latents) and all(p is None for p in batch.out_pixels)
+    cached.train()
+    Trainer(config(tmp_path / "plain", mix_path, steps=3)).train()
+    a = load_file(str(tmp_path / "cached" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the cache holds exactly what the codec computes

@@ -27,6 +27,7 @@ def train_command(
     checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute decoder activations in backward."),
     overrides: list[str] = typer.Option([], "--set", help="Override any config key: --set optim.warmup_steps=50 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    precompute_latents: bool = typer.Option(False, "--precompute-latents", help="Fill loader.latent_cache with one pass over the mix before training."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train the reference OmniGen model straight off built datasets (a mix of manifests)."""
@@ -70,6 +71,10 @@ def train_command(
     if trainer.info.is_main:
         typer.echo(mix_obj.report())
         typer.echo(f"run folder: {resolved.run_dir}" + (f" (resuming at step {trainer.step})" if resume else ""))
+    if precompute_latents:
+        done = trainer.precompute_latents()
+        if trainer.info.is_main:
+            typer.echo(f"latent cache: {done} samples encoded into {resolved.loader.latent_cache}")
     try:
         summary = trainer.train()
     except TrainingStopped as exc:
