@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "x2i.cli.download",
     "x2i.cli.model",
     "x2i.cli.annotators",
+    "x2i.cli.train",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,84 @@
+"""The parts of the learning proof that need no training: the shapes checker (validated on real renders), the
+patch-PCA codec and the tokenizer fitted to a mix."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from x2i.model.mix import load_mix
+from x2i.model.patch_pca import PatchPCACodec, sample_images
+from x2i.model.shapes_check import accuracy, check, parse_prompt
+from x2i.shapes.world import COLORS, SHAPES, make_scene
+
+from train_helpers import write_mix
+
+
+def test_checker_reads_real_renders_and_rejects_what_is_not_there():
+    verdicts = []
+    for i in range(60):
+        scene = make_scene(i, 11, 64, 64, max_shapes=1)
+        verdicts.append(check(scene.render(), scene.caption()[0]))
+    acc = accuracy(verdicts)
+    assert acc["color"] == 1.0 and acc["shape"] >= 0.95, acc
+    assert {v.want_shape for v in verdicts} == set(SHAPES)
+    # No shape: no colour, no class. A wrong prompt: wrong on both.
+    blank = Image.new("RGB", (64, 64), (200, 195, 205))
+    v = check(blank, "A small red circle on a plain background.")
+    assert v.color is None and v.shape is None and not v.color_ok
+    scene = make_scene(0, 11, 64, 64, max_shapes=1)
+    shape = scene.shapes[0]
+    other_color = next(c for c in COLORS if c != shape.color)
+    other_shape = next(s for s in SHAPES if s != shape.kind)
+    v = check(scene.render(), f"A large {other_color} {other_shape} on a plain background.")
+    assert not v.color_ok and not v.shape_ok and v.color == shape.color
+    assert parse_prompt("A medium orange star on a striped background.") == ("medium", "orange", "star")
+    with pytest.raises(ValueError):
+        parse_prompt("A picture of nothing.")
+
+
+def test_checker_is_at_chance_on_noise():
+    rng = np.random.default_rng(0)
+    verdicts = []
+    for i in range(48):
+        noise = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        color, shape = list(COLORS)[i % 6], SHAPES[i % 4]
+        verdicts.append(check(noise, f"A small {color} {shape} on a plain background."))
+    assert accuracy(verdicts)["color"] < 0.4
+
+
+def test_patch_pca_codec_round_trip(datasets, tmp_path):
+    mix = load_mix(write_mix(tmp_path / "m.yaml", [{"path": str(datasets["a"])}]))
+    images = sample_images(mix, (32, 32), 64)
+    assert images.shape == (64, 3, 32, 32)
+    codec = PatchPCACodec.fit(images, factor=4, components=12)
+    z = codec.encode(images)
+    assert z.shape == (64, 12, 8, 8)
+    assert z.std(dim=(0, 2, 3)).sub(1).abs().max() < 0.05  # whitened: unit variance per channel
+    rec = codec.decode(z)
+    assert ((rec - images) ** 2).mean() < 0.05 * images.var()  # 12 of 48 dimensions keep >95% of the variance
+    loaded = PatchPCACodec.load(codec.save(tmp_path / "codec"))
+    assert torch.equal(loaded.encode(images), z) and loaded.fingerprint() == codec.fingerprint()
+    plain = PatchPCACodec.fit(images, factor=4, components=12, whiten=False)
+    stds = plain.encode(images).std(dim=(0, 2, 3))
+    assert stds[0] > 3 * stds[-1]  # strong components stay strong
+
+
+def test_tokenizer_fitted_to_the_mix(datasets, tmp_path):
+    from x2i.model.fit_tokenizer import fit_tokenizer, mix_instructions
+    from x2i.model.processor import Processor
+    from x2i.model.tokenizer import build_tiny_tokenizer
+
+    mix = load_mix(write_mix(tmp_path / "m.yaml", [{"path": str(datasets["a"])}, {"path": str(datasets["b"])}]))
+    fitted = fit_tokenizer(mix_instructions(mix), tmp_path / "tok", 512)
+    tiny = build_tiny_tokenizer(tmp_path / "tiny")
+    caption = "A small orange circle on a plain background."
+    words = fitted.tokenizer.encode(caption, add_special_tokens=False).tokens
+    assert len(words) <= 10 and "Ġorange" in words
+    fitted_ids, _ = Processor(fitted).tokenize(caption, [])
+    tiny_ids, _ = Processor(tiny).tokenize(caption, [])
+    assert fitted_ids[0] == fitted.bos_id and len(fitted_ids) < 0.6 * len(tiny_ids)
+    ids, spans = Processor(fitted, multiple=16).tokenize("<img><|image_1|></img> Make the red star blue.",
+                                                         [torch.zeros(3, 32, 32)])
+    assert spans == [(spans[0][0], spans[0][0] + 4)]
