@@ -84,7 +84,8 @@ def _factors(n: int, long: bool) -> list[float]:
     return [1.0 + 63.0 * (i / max(1, n - 1)) ** 2 for i in range(n)]
 
 
-def _preset(**kw: Any) -> OmniGenConfig:
+def build_config(**kw: Any) -> OmniGenConfig:
+    """A validated config; LongRoPE factors filled with smooth stand-ins when not given."""
     config = OmniGenConfig(**kw)
     if config.rope_short_factor is None:
         half = config.head_dim // 2
@@ -110,7 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str) -> OmniGenConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-    return _preset(**PRESETS[name])
+    return build_config(**PRESETS[name])
 
 
 def from_phi3_config(data: dict[str, Any], pos_embed_max_size: int = 192) -> OmniGenConfig:

@@ -29,7 +29,7 @@ from x2i.errors import X2IError
 
 from . import dist as xdist
 from .checkpoint import detect_layout, load_model
-from .config import PRESETS, OmniGenConfig, _preset
+from .config import PRESETS, OmniGenConfig, build_config
 from .flow import flow_matching_loss
 from .loader import Batch, Geometry, MixLoader, make_dataloader
 from .lora import add_lora, base_omnigen
@@ -190,7 +190,7 @@ class Trainer:
             raise X2IError(f"model.overrides: {unknown} are not OmniGenConfig fields")
         # The preset builder makes stand-in LongRoPE factors for the (possibly overridden) head size.
         try:
-            config = _preset(**{**PRESETS[c.preset], **c.overrides, "in_channels": self.codec.latent_channels})
+            config = build_config(**{**PRESETS[c.preset], **c.overrides, "in_channels": self.codec.latent_channels})
         except (TypeError, ValueError) as exc:
             raise X2IError(f"model.overrides: {exc}") from None
         torch.manual_seed(self.c.seed)

@@ -23,17 +23,6 @@ from .config import OmniGenConfig
 from .vae import PixelCodec, load_vae, save_pixel_codec
 
 
-def load_codec(vae_dir: str | Path):
-    """The codec in a model folder's vae/: a fitted patch-PCA codec (codec.json), else what the model's
-    load_vae reads (a diffusers AutoencoderKL, or a PixelCodec's pixel_codec.json)."""
-    from .patch_pca import PatchPCACodec
-
-    vae_dir = Path(vae_dir)
-    if (vae_dir / "codec.json").is_file():
-        return PatchPCACodec.load(vae_dir)
-    return load_vae(vae_dir)
-
-
 def codec_info(codec, path: str | None = None) -> dict[str, Any]:
     """How a codec is identified (latent cache folders) and exported."""
     from .patch_pca import PatchPCACodec
@@ -62,7 +51,7 @@ def build_codec(section, init_layout: Layout | None, fit_pca=None):
         else:
             kind = "pixel"
     if kind == "checkpoint":
-        codec = load_codec(path)
+        codec = load_vae(path)
     elif kind == "pca":
         codec = PatchPCACodec.load(path) if path else fit_pca()
     elif kind == "pixel":
@@ -129,7 +118,7 @@ def load_trained(directory: str | Path, device: str | torch.device = "cpu", dtyp
 
     directory = Path(directory)
     model = load_model(directory, dtype=dtype or torch.float32)
-    codec = load_codec(directory / "vae")
+    codec = load_vae(directory / "vae")
     processor = Processor(TextTokenizer.from_dir(directory), multiple=codec.downsample * model.config.patch_size,
                           pad_token_id=model.config.pad_token_id)
     return OmniGenPipeline(model, processor, codec, device=device, dtype=dtype or torch.float32)

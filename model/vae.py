@@ -105,12 +105,17 @@ def save_pixel_codec(codec: PixelCodec, directory: str | Path) -> None:
                                                           "scaling_factor": codec.scaling_factor}))
 
 
-def load_vae(directory: str | Path) -> DiffusersVAE | PixelCodec:
+def load_vae(directory: str | Path):
     """The codec in a checkpoint's vae/ folder: an AutoencoderKL saved by diffusers (config.json +
-    diffusion_pytorch_model.safetensors, safetensors only), or a PixelCodec (pixel_codec.json)."""
+    diffusion_pytorch_model.safetensors, safetensors only), a PixelCodec (pixel_codec.json), or a fitted
+    patch-PCA codec (codec.json + codec.safetensors, written by `x2i train`)."""
     from diffusers import AutoencoderKL
 
     directory = Path(directory)
+    if (directory / "codec.json").is_file():
+        from .patch_pca import PatchPCACodec
+
+        return PatchPCACodec.load(directory)
     if (directory / PIXEL_CODEC_FILE).is_file():
         return PixelCodec(**json.loads((directory / PIXEL_CODEC_FILE).read_text()))
     for name in ("config.json", "diffusion_pytorch_model.safetensors"):

@@ -60,6 +60,10 @@ def test_patch_pca_codec_round_trip(datasets, tmp_path):
     assert ((rec - images) ** 2).mean() < 0.05 * images.var()  # 12 of 48 dimensions keep >95% of the variance
     loaded = PatchPCACodec.load(codec.save(tmp_path / "codec"))
     assert torch.equal(loaded.encode(images), z) and loaded.fingerprint() == codec.fingerprint()
+    # A trained model folder keeps it in vae/: the loader `x2i generate` uses must read it too.
+    from x2i.model.vae import load_vae
+
+    assert torch.equal(load_vae(tmp_path / "codec").encode(images), z)
     plain = PatchPCACodec.fit(images, factor=4, components=12, whiten=False)
     stds = plain.encode(images).std(dim=(0, 2, 3))
     assert stds[0] > 3 * stds[-1]  # strong components stay strong
