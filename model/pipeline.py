@@ -100,7 +100,8 @@ class OmniGenPipeline:
                                f"{self.codec.downsample} x patch {self.model.config.patch_size}): use {lower} or {upper}")
         grid = self.model.config.pos_embed_max_size * m
         if max(height, width) > grid:
-            raise X2IError(f"{height}x{width} is larger than the model's position grid allows ({grid} px a side)")
+            raise X2IError(f"{height}x{width} is larger than the model's position grid allows ({grid} px a side): "
+                           "ask for a smaller image (--height, --width)")
 
     @torch.no_grad()
     def __call__(self, prompts: str | list[str], input_images: list | None = None, *, height: int = 1024,
