@@ -167,7 +167,7 @@ def _tar_records(shard: Shard, sidecar: dict[str, dict[str, Any]]) -> Iterator[R
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = Path(member.name).name.partition(".")
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
                 if key != current_key:
                     if current_key is not None:
                         yield emit(current_key, parts)
