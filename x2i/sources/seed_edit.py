@@ -5,10 +5,10 @@ Two record shapes are read:
   `edit_image_k` (and `inverse_instruction_k`); turn k edits turn k-1's result. Each turn is a sample, and with
   `chains` so is every prefix from the original image (instructions joined in order), as for MagicBrush; with
   `inverse`, each turn's inverse instruction gives the reverse sample.
-- single-turn (Parts 1-2): a source image, a target image and an instruction. Their field names are not
-  documented on the dataset card; x2i tries `source_image`/`source`/`input_image`, `target_image`/`edit_image`/
-  `edited_image`/`target`/`output_image`, `instruction`/`edit_instruction`/`prompt`, and `source.options.fields`
-  overrides them ({source: ..., target: ..., instruction: ...}).
+- single-turn (Parts 1-2): `{"source_image": "source_images/<id>.jpg", "target_image": "target_images/<id>.jpg",
+  "instruction": "..."}`, the layout the maintainers gave in AILab-CVC/SEED-X issue #16 (the dataset card lists
+  no fields). Those names are tried first, then common alternatives (CANDIDATES); `source.options.fields`
+  names them explicitly ({source: ..., target: ..., instruction: ...}).
 Image paths are relative to `source.images` (default: the folder holding the JSONL). One JSONL file is one
 build partition; a line that is not JSON, lacks a field or names a missing image is a counted reject.
 """
