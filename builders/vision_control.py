@@ -25,7 +25,7 @@ from x2i.errors import X2IError
 from x2i.imageio import EncodedImage, FitTransform, encode, fit
 from x2i.prompt import placeholder
 from x2i.sample import Sample
-from x2i.steps import Context, Step
+from x2i.steps import Context, Step, batched
 
 CONDITION_KINDS = ("edge", "depth", "pose", "segmentation")
 
@@ -143,13 +143,7 @@ class ConditionStep(Step):
         return dict(self._described[ann.name])
 
     def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= self.batch_size:
-                yield from self._flush(batch, ctx)
-                batch = []
-        if batch:
+        for batch in batched(samples, self.batch_size):
             yield from self._flush(batch, ctx)
 
     def _prepare(self, sample: Sample) -> tuple[Sample, EncodedImage, FitTransform, EncodedImage]:

@@ -8,15 +8,13 @@ tokenizer_config.json, read by `TextTokenizer.from_dir`, with BOS added like Omn
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from x2i import prompt as prompt_format
 
 from .processor import TEMPLATE_PREFIX, TEMPLATE_SUFFIX
-from .tokenizer import TEMPLATE_TOKENS, TextTokenizer
+from .tokenizer import TextTokenizer, train_bpe_tokenizer
 
-SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", *TEMPLATE_TOKENS]
 
 
 def mix_instructions(mix, limit: int = 20000) -> list[str]:
@@ -41,26 +39,7 @@ def mix_instructions(mix, limit: int = 20000) -> list[str]:
 
 def fit_tokenizer(texts: list[str], directory: str | Path, vocab_size: int) -> TextTokenizer:
     """Train a byte-level BPE of at most `vocab_size` tokens on the templated texts; save it in `directory`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     # The processor tokenizes text around image placeholders as "<img>" ... "</img>" pieces: train on those.
     corpus = [TEMPLATE_PREFIX + " ".join(p if isinstance(p, str) else "<img></img>"
                                          for p in prompt_format.split(t)) + TEMPLATE_SUFFIX for t in texts]
-    tokenizer.train_from_iterator(corpus, trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
-    tokenizer.save(str(directory / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
-              "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
-              "model_max_length": 131072}
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    (directory / "special_tokens_map.json").write_text(json.dumps(
-        {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")}, indent=2))
-    return TextTokenizer.from_dir(directory)
+    return train_bpe_tokenizer(corpus, directory, vocab_size)

@@ -78,20 +78,22 @@ _TINY_CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 400) -> TextTokenizer:
-    """Train a byte-level BPE on a fixed small corpus (deterministic) and save it as tokenizer.json +
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", *TEMPLATE_TOKENS]
+
+
+def train_bpe_tokenizer(corpus: list[str], directory: str | Path, vocab_size: int) -> TextTokenizer:
+    """Train a byte-level BPE (deterministic for a given corpus) and save it as tokenizer.json +
     tokenizer_config.json + special_tokens_map.json in `directory`. Any text tokenizes (byte fallback)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    specials = ["<unk>", "<s>", "</s>", "<pad>", *TEMPLATE_TOKENS]
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(_TINY_CORPUS * 4, trainer)
+    tokenizer.train_from_iterator(corpus, trainer)
     # The post-processor adds BOS like the config says, so a plain PreTrainedTokenizerFast reading these files
     # (diffusers' pipeline, in the benchmark) produces the same ids as TextTokenizer.
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -104,3 +106,8 @@ def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 400) -> TextTo
     (directory / "special_tokens_map.json").write_text(json.dumps(
         {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")}, indent=2))
     return TextTokenizer.from_dir(directory)
+
+
+def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 400) -> TextTokenizer:
+    """A small BPE trained on a fixed corpus: the tokenizer of tests and fresh tiny models."""
+    return train_bpe_tokenizer(_TINY_CORPUS * 4, directory, vocab_size)

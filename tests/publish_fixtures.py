@@ -73,7 +73,7 @@ def _samples() -> list[tuple[int, Sample]]:
         add(0, Sample("vision/mask", f"Segment the shapes in {placeholder(1)}", encode(Image.fromarray(mask), "PNG"),
                       [encode(im)], meta={"annotator": {"name": "shapes-truth", "version": "1"}}), i)
     for i in range(2):  # few-shot: a solved example (before -> after), then the query: 3 input images
-        (_, a), (_, b), (_, c) = _scene(40 + i), _scene(50 + i), _scene(60 + i)
+        (_, a), (_, c) = _scene(40 + i), _scene(60 + i)
         text = (f"Example: {placeholder(1)} becomes {placeholder(2)}. "
                 f"Do the same to {placeholder(3)}: make it grey.")
         add(1, Sample("few_shot/image_edit", text, encode(c.convert("L").convert("RGB")),

@@ -128,14 +128,20 @@ class BatchMapStep(Step):
         yield from (r for r in results if r is not None)
 
     def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
-        batch: list[Sample] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) >= self.batch_size:
-                yield from self._flush(batch, ctx)
-                batch = []
-        if batch:
+        for batch in batched(samples, self.batch_size):
             yield from self._flush(batch, ctx)
+
+
+def batched(samples: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    """Lists of `size` samples (the last one shorter), read lazily."""
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def run_steps(steps: list[Step], samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:

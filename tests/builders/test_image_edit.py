@@ -5,7 +5,6 @@ import io
 import json
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from helpers_curate import cli, rows, validate
@@ -14,16 +13,6 @@ from x2i.shapes.edits import change_mask, edit_chain
 
 EMBEDDED = {"scenes": 12, "per_shard": 6, "size": 128, "photos": False, "seed": 2}
 EMB_SET = "source.options.embedded=" + json.dumps(EMBEDDED)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache(cache, monkeypatch):
-    monkeypatch.setenv("X2I_CACHE", str(cache))
 
 
 def build(out, *extra):

@@ -5,7 +5,6 @@ import hashlib
 import json
 from collections import Counter
 
-import pytest
 
 from helpers_curate import cli, rejects, rows, validate
 from x2i.shapes.embedded import EmbeddedOptions
@@ -13,16 +12,6 @@ from x2i.shapes.writers import laion_rows
 
 EMBEDDED = {"scenes": 12, "per_shard": 5, "size": 400, "photos": False}
 EMB_SET = "source.options.embedded=" + json.dumps(EMBEDDED)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache(cache, monkeypatch):
-    monkeypatch.setenv("X2I_CACHE", str(cache))
 
 
 def build(out, *extra):

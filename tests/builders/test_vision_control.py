@@ -13,7 +13,7 @@ from x2i.build import build
 from x2i.builders import make_builder
 from x2i.builders.vision_control import CONTROL_TEMPLATES, VISION_POSE_TEMPLATES, VISION_TEMPLATES, ConditionStep
 from x2i.errors import X2IError
-from x2i.imageio import encode, load
+from x2i.imageio import load
 from x2i.prompt import check, placeholder
 from x2i.sample import SOURCE_TASK, Sample
 from x2i.shards import iter_samples

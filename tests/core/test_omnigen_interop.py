@@ -1,8 +1,6 @@
 """OmniGen JSONL: export -> import round trip, and importing files written the way OmniGen's own are."""
-import io
 import json
 
-import pytest
 from PIL import Image
 
 from x2i.build import build
