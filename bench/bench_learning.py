@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--prompt-seed", type=int, default=1, help="held-out prompts (sizes, backgrounds) and noise")
     ap.add_argument("--model-dir", default="final-ema", help="final or final-ema")
     ap.add_argument("--retrain", action="store_true", help="train again even when WORK/run holds a model")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed to x2i train --set (repeatable), e.g. codec.pca_factor=4")
     args = ap.parse_args()
 
     work = args.work.resolve()
@@ -117,6 +119,8 @@ def main() -> None:
                      "--set", f"seed={args.seed}"]
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
+        for item in args.overrides:
+            cmd += ["--set", item]
         times["train"] = run(cmd, work, env)
 
     import torch
