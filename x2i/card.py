@@ -19,28 +19,21 @@ import pyarrow.parquet as pq
 import yaml
 
 from x2i import __version__
-from x2i.schema import SCHEMA_VERSION
+from x2i.schema import HF_FEATURES, SCHEMA_VERSION
 from x2i.shards import shard_files
 
 if TYPE_CHECKING:
     from x2i.hub import PublishConfig, Staged
 
-# The schema's features in the card's YAML form (`datasets` >= 4 spells a list of images `list: image`).
-FEATURES_YAML: list[dict[str, str]] = [
-    {"name": "id", "dtype": "string"},
-    {"name": "task", "dtype": "string"},
-    {"name": "instruction", "dtype": "string"},
-    {"name": "input_images", "list": "image"},
-    {"name": "output_image", "dtype": "image"},
-    {"name": "source", "dtype": "string"},
-    {"name": "source_key", "dtype": "string"},
-    {"name": "width", "dtype": "int32"},
-    {"name": "height", "dtype": "int32"},
-    {"name": "meta", "dtype": "string"},
-    {"name": "aesthetic", "dtype": "float32"},
-    {"name": "clip_score", "dtype": "float32"},
-    {"name": "phash", "dtype": "string"},
-]
+
+def _feature_yaml(name: str, feature: Any) -> dict[str, str]:
+    """One schema column in the card's YAML form (`datasets` >= 4 spells a list of images `list: image`)."""
+    if isinstance(feature, list):
+        return {"name": name, "list": _feature_yaml(name, feature[0])["dtype"]}
+    return {"name": name, "dtype": "image" if feature["_type"] == "Image" else feature["dtype"]}
+
+
+FEATURES_YAML: list[dict[str, str]] = [_feature_yaml(n, f) for n, f in HF_FEATURES.items()]
 
 COLUMN_DOCS = [
     ("id", "deterministic id: hash of (source, source_key, task, parameters)"),
