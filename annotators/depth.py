@@ -21,11 +21,18 @@ TRANSFORMERS_FILES = ("config.json", ("model.safetensors", "pytorch_model.bin"),
                       ("preprocessor_config.json", "processor_config.json"))
 
 
-def quiet_transformers() -> None:
-    """No per-load progress bars in build logs."""
+def load_transformers(weights: list[ResolvedWeights], model_class: str, processor_class: str, dtype: str,
+                      device: str) -> tuple[Any, Any]:
+    """(processor, model in eval mode on `device`) from a resolved transformers repo folder, with no per-load
+    progress bars in build logs."""
+    import torch
+    import transformers
     from transformers.utils import logging
 
     logging.disable_progress_bar()
+    folder = str(weights[0].directory)
+    model = getattr(transformers, model_class).from_pretrained(folder, dtype=getattr(torch, dtype))
+    return getattr(transformers, processor_class).from_pretrained(folder), model.to(device).eval()
 
 
 def _normalise(depth: np.ndarray, size: tuple[int, int]) -> Annotation:
@@ -93,13 +100,8 @@ class TransformersDepth(Annotator):
         return [WeightSpec(self.options.repo, TRANSFORMERS_FILES)]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        quiet_transformers()
-        d = str(weights[0].directory)
-        model = AutoModelForDepthEstimation.from_pretrained(d, dtype=getattr(torch, self.options.dtype))
-        return AutoImageProcessor.from_pretrained(d), model.to(self.device).eval()
+        return load_transformers(weights, "AutoModelForDepthEstimation", "AutoImageProcessor", self.options.dtype,
+                                 self.device)
 
     def _annotate(self, images: list[Image.Image]) -> list[Annotation]:
         import torch

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .base import Annotation, Annotator, AnnotatorError, bucketed, import_controlnet_aux
-from .depth import TRANSFORMERS_FILES, quiet_transformers
+from .depth import TRANSFORMERS_FILES, load_transformers
 from .weights import ResolvedWeights, WeightSpec
 
 
@@ -47,13 +47,8 @@ class SemanticSegmentation(Annotator):
         return [WeightSpec(self.options.repo, TRANSFORMERS_FILES)]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
-        import torch
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-        quiet_transformers()
-        d = str(weights[0].directory)
-        model = AutoModelForSemanticSegmentation.from_pretrained(d, dtype=getattr(torch, self.options.dtype))
-        return AutoImageProcessor.from_pretrained(d), model.to(self.device).eval()
+        return load_transformers(weights, "AutoModelForSemanticSegmentation", "AutoImageProcessor",
+                                 self.options.dtype, self.device)
 
     def _annotate(self, images: list[Image.Image]) -> list[Annotation]:
         import torch
@@ -99,13 +94,7 @@ class SamBoxMasks(Annotator):
         return [WeightSpec(self.options.repo, TRANSFORMERS_FILES, "Apache-2.0")]
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
-        import torch
-        from transformers import SamModel, SamProcessor
-
-        quiet_transformers()
-        d = str(weights[0].directory)
-        model = SamModel.from_pretrained(d, dtype=getattr(torch, self.options.dtype))
-        return SamProcessor.from_pretrained(d), model.to(self.device).eval()
+        return load_transformers(weights, "SamModel", "SamProcessor", self.options.dtype, self.device)
 
     def _annotate(self, images: list[Image.Image]) -> list[Annotation]:
         raise AnnotatorError(f"{self.name} is a box-prompted masker: call .masks(images, boxes)")
