@@ -119,8 +119,8 @@ def test_openpose_random_weights_find_no_person(annotators_repo, monkeypatch, ph
 def test_gpu_requested_without_one(monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+    # A machine without CUDA, also where there is one (so the test runs everywhere).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(AnnotatorError, match="cuda"):
         create("hed", device="cuda")
     assert create("hed", device="auto").device == "cpu"

@@ -48,12 +48,8 @@ def test_canny_edges_lie_on_shape_boundaries():
     """On a plain-background shapes scene, every Canny edge pixel is within 2 px of a true shape boundary."""
     from scipy import ndimage
 
-    for index in range(40):
-        scene = make_scene(index, 0, 256, 256)
-        if scene.background.kind == "plain":
-            break
-    else:
-        pytest.skip("no plain-background scene among the first 40")
+    scene = next((s for s in (make_scene(i, 0, 256, 256) for i in range(40)) if s.background.kind == "plain"), None)
+    assert scene is not None, "the shapes world (deterministic) has no plain-background scene among the first 40"
     (res,) = create("canny")([scene.render()])
     edges = np.asarray(res.image) > 0
     union = np.zeros((256, 256), bool)
