@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from x2i.errors import X2IError
+from x2i.hf_cache import hf_cache_dir, hf_offline
 
 ENV_DIR = "X2I_ANNOTATOR_DIR"
 
@@ -52,15 +53,6 @@ class ResolvedWeights:
 
     def path(self, name: str) -> Path:
         return self.directory / name
-
-
-def hf_cache_dir() -> Path:
-    """The hub cache as huggingface_hub would use it, read from the environment at call time."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]) / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
 
 
 def _find_in_dir(directory: Path, spec: WeightSpec) -> tuple[str, ...] | None:
@@ -128,7 +120,7 @@ def fetch(spec: WeightSpec, to: str | Path | None = None) -> ResolvedWeights:
     """Download `spec`'s files: into `<to>/<repo_id>/` when `to` is given, else into the Hugging Face cache."""
     from huggingface_hub import constants, hf_hub_download
 
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or constants.HF_HUB_OFFLINE:
+    if hf_offline() or constants.HF_HUB_OFFLINE:
         raise X2IError("HF_HUB_OFFLINE is set: cannot download annotator weights; run `x2i annotators fetch` "
                        "on a machine with network access, then copy the files (see `x2i annotators list`)")
     local_dir = Path(to).expanduser() / spec.repo_id if to is not None else None

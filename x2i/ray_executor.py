@@ -13,6 +13,13 @@ import ray
 from x2i.executor import Executor
 
 
+def worker_env() -> dict[str, str]:
+    """What workers on a cluster must see as the driver does: the x2i cache (embedded sample), every weight
+    folder (X2I_ANNOTATOR_DIR, X2I_CURATION_DIR, X2I_OMNIGEN_DIR, ...), the Hugging Face cache and offline switch."""
+    hf = ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE")
+    return {k: v for k, v in os.environ.items() if k.startswith("X2I_") or k in hf}
+
+
 class RayExecutor(Executor):
     def __init__(self, workers: int = 1, address: str | None = None):
         self.workers = max(1, int(workers))
@@ -22,10 +29,7 @@ class RayExecutor(Executor):
     def _init(self) -> None:
         if ray.is_initialized():
             return
-        # Workers must see the same x2i cache (embedded sample) as the driver.
-        # Curation steps look for weights in X2I_CURATION_DIR and the HF cache, on every worker.
-        names = ("X2I_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "X2I_CURATION_DIR")
-        env = {"env_vars": {k: os.environ[k] for k in names if k in os.environ}}
+        env = {"env_vars": worker_env()}
         if self.address:
             ray.init(address=self.address, runtime_env=env, log_to_driver=True)
         else:

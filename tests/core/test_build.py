@@ -76,6 +76,18 @@ def test_process_pool_gives_identical_rows(reference, tmp_path):
     assert rows_of(tmp_path / "pool") == reference[2]
 
 
+def test_ray_workers_get_every_x2i_and_hub_setting(monkeypatch):
+    from x2i.ray_executor import worker_env
+
+    monkeypatch.setenv("X2I_ANNOTATOR_DIR", "/weights/annotators")
+    monkeypatch.setenv("X2I_CURATION_DIR", "/weights/curation")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SOMETHING_ELSE", "x")
+    env = worker_env()
+    assert env["X2I_ANNOTATOR_DIR"] == "/weights/annotators" and env["X2I_CURATION_DIR"] == "/weights/curation"
+    assert env["HF_HUB_OFFLINE"] == "1" and "SOMETHING_ELSE" not in env
+
+
 def test_ray_executor_gives_identical_rows(reference, tmp_path):
     manifest = build(load_recipe("subject-driven"), tmp_path / "ray", limit=LIMIT, executor="ray", workers=2,
                      progress=False)

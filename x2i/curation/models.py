@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from x2i.errors import X2IError
+from x2i.hf_cache import hf_cache_dir, hf_offline
 
 DEFAULT_CLIP = "hf-hub:timm/vit_large_patch14_clip_224.openai"  # OpenAI ViT-L/14, what the predictor was trained on
 DEFAULT_PREDICTOR = "sac+logos+ava1-l14-linearMSE.pth"
@@ -42,18 +43,6 @@ class MissingWeights(X2IError):
 def _env_dir() -> Path | None:
     value = os.environ.get("X2I_CURATION_DIR")
     return Path(value).expanduser() if value else None
-
-
-def hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    return Path.home() / ".cache" / "huggingface" / "hub"
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _cached(repo: str, filename: str) -> Path | None:
