@@ -115,6 +115,11 @@ class Annotator:
         self._model: Any = None
         self._resolved: list[ResolvedWeights] | None = None
 
+    def modules(self) -> tuple[str, ...]:
+        """The optional modules this annotator imports (checked before a build starts)."""
+        library = {"controlnet_aux": ("controlnet_aux",), "transformers": ("transformers",)}.get(self.library, ())
+        return (("torch",) if self.uses_torch else ()) + library
+
     # -- weights -------------------------------------------------------------------------------------------
     def weight_specs(self) -> list[WeightSpec]:
         """The weight files this annotator needs with its current options (empty: weight-free)."""
@@ -146,9 +151,19 @@ class Annotator:
         if self._model is None:
             import warnings
 
+            weights = self.resolve_weights()
             with warnings.catch_warnings():  # library deprecation chatter (timm, torch.load) while building models
                 warnings.simplefilter("ignore")
-                self._model = self._load(self.resolve_weights())
+                try:
+                    self._model = self._load(weights)
+                except (ImportError, MemoryError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure to load weights is about the files, not a row
+                    files = ", ".join(str(r.path(f)) for r in weights for f in r.files) or "(none)"
+                    raise AnnotatorError(
+                        f"annotator {self.name!r} could not load its weights ({files}): {type(exc).__name__}: "
+                        f"{str(exc)[:200]}; replace them with the published files (`x2i annotators fetch "
+                        f"{self.name}`)") from exc
 
     def _load(self, weights: list[ResolvedWeights]) -> Any:
         return True

@@ -46,6 +46,9 @@ class SemanticSegmentation(Annotator):
     def weight_specs(self) -> list[WeightSpec]:
         return [WeightSpec(self.options.repo, TRANSFORMERS_FILES)]
 
+    def modules(self) -> tuple[str, ...]:
+        return super().modules() + ("controlnet_aux",)  # ADE20K palette
+
     def _load(self, weights: list[ResolvedWeights]) -> Any:
         return load_transformers(weights, "AutoModelForSemanticSegmentation", "AutoImageProcessor",
                                  self.options.dtype, self.device)

@@ -25,7 +25,7 @@ from x2i.errors import X2IError
 from x2i.imageio import EncodedImage, FitTransform, encode, fit
 from x2i.prompt import placeholder
 from x2i.sample import Sample
-from x2i.steps import Context, Step, batched
+from x2i.steps import Context, Step, batched, is_environment_error
 
 CONDITION_KINDS = ("edge", "depth", "pose", "segmentation")
 
@@ -56,7 +56,7 @@ CONTROL_TEMPLATES = (
 @dataclass
 class AnnotatorParams:
     annotators: list[str] = field(default_factory=lambda: ["canny", "lineart_standard"])
-    skip_missing: bool = True  # skip annotators whose weights are absent (one note) instead of failing
+    skip_missing: bool = False  # true: skip annotators whose weights are absent (one note) instead of stopping
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (CUDA if present, else CPU)
     batch_size: int | None = None  # images per annotator call (None: the annotator's default)
     weights: dict[str, str] = field(default_factory=dict)  # annotator -> folder holding its weight files
@@ -136,6 +136,9 @@ class ConditionStep(Step):
         self.batch_size = max([a.batch_size for a in annotators] + [1])
         self._described: dict[str, dict] = {}
 
+    def needs(self) -> list[tuple[str, str]]:
+        return [(m, "annotators") for ann in self.annotators for m in ann.modules()]
+
     def _describe(self, ann) -> dict:
         """Annotator name, version, options, weights: the same for every sample, so looked up once."""
         if ann.name not in self._described:
@@ -156,20 +159,21 @@ class ConditionStep(Step):
         return (sample, *work_images(sample, o.max_side, o.max_input_side, o.multiple, o.jpeg_quality))
 
     def _annotate(self, ann, items: list, ctx: Context) -> list:
-        """Annotations for the batch; when the batch call fails, each image alone (one bad image, one reject)."""
-        from x2i.annotators import Annotation
-
+        """Annotations for the batch; when the batch call fails, each image alone (one bad image, one reject;
+        None where an undeclared error was counted under an error budget)."""
         try:
             return ann([w.pil() for _, _, _, w in items])
-        except Exception:
-            if ctx.strict:
+        except Exception as exc:  # noqa: BLE001 - retried one by one below, where each failure is classified
+            if ctx.strict or is_environment_error(exc):
                 raise
         results = []
         for item in items:
             try:
                 results.append(ann([item[3].pil()])[0])
-            except Exception as exc:  # noqa: BLE001 - counted as a reject, never silent
-                results.append(Annotation(reason=f"error_{type(exc).__name__}", detail=str(exc)[:500]))
+            except Exception as exc:  # noqa: BLE001 - stops the build unless an error budget was given
+                ctx.unexpected(exc, f"{self.name}:{ann.name}", source=item[0].source,
+                               source_key=item[0].source_key, task=f"{self.direction}/{ann.name}")
+                results.append(None)  # counted by ctx.unexpected
         return results
 
     def _flush(self, batch: list[Sample], ctx: Context) -> Iterator[Sample]:
@@ -179,6 +183,8 @@ class ConditionStep(Step):
         for ann in self.annotators:
             task = f"{self.direction}/{ann.name}"
             for item, res in zip(items, self._annotate(ann, items, ctx)):
+                if res is None:
+                    continue
                 sample = item[0]
                 cover = coverage(res.image) if res.ok else 0.0
                 if res.ok and ann.kind != "depth" and cover < self.p.min_coverage:

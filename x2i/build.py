@@ -24,7 +24,7 @@ from typing import Any
 
 from x2i import __version__
 from x2i.builders import make_builder, make_steps
-from x2i.errors import X2IError
+from x2i.errors import BuildStopped, X2IError, describe_stop, require_modules
 from x2i.executor import make_executor
 from x2i.prompt import problems
 from x2i.recipe import Recipe
@@ -67,6 +67,7 @@ class PartitionJob:
     quota: int | None
     out_dir: str
     strict: bool = False
+    max_error_rate: float = 0.0
 
 
 def _record_path(out: Path, index: int) -> Path:
@@ -87,7 +88,7 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
     out = Path(job.out_dir)
     source = make_source(recipe.source)
     steps = make_builder(recipe).steps() + make_steps(recipe.steps) + [FinalizeStep()]
-    ctx = Context(seed=recipe.seed, partition=job.index, strict=job.strict)
+    ctx = Context(seed=recipe.seed, partition=job.index, strict=job.strict, max_error_rate=job.max_error_rate)
     _clear_partition(out, job.index)
     writer = PartitionWriter(out, job.index, recipe.output.rows_per_row_group, recipe.output.max_shard_bytes)
     started = time.time()
@@ -101,6 +102,7 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
         for sample in run_steps(steps, counted(source.read(job.partition, ctx, job.quota)), ctx):
             writer.write(sample)
             ctx.counts[f"rows/{sample.task}"] += 1
+        ctx.check_error_budget()
         shards = writer.commit()
     except BaseException:
         writer.abort()
@@ -115,6 +117,7 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
         "rows": {k[5:]: v for k, v in sorted(ctx.counts.items()) if k.startswith("rows/")},
         "rejects": dict(sorted(ctx.reject_counts.items())),
         "rejects_file": rejects_file,
+        "unexpected_errors": ctx.counts["unexpected_errors"],
         "shards": [asdict(s) for s in shards],
         "seconds": round(time.time() - started, 3),
     }
@@ -203,7 +206,8 @@ def score_summary(out: Path, shards: list[dict[str, Any]]) -> dict[str, Any]:
 
 def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, Any],
                       notes: list[str] | None = None, records: list[dict[str, Any]] | None = None,
-                      post_build: dict[str, Any] | None = None) -> dict[str, Any]:
+                      post_build: dict[str, Any] | None = None, policy: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
     if records is None:
         records = _records(out, len(plan["partitions"]))
     post_build = post_build or {}
@@ -232,6 +236,8 @@ def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, An
         "source_samples": sum(r["source_samples"] for r in records),
         "rejects": dict(sorted(rejects.items())),
         "rejects_total": sum(rejects.values()),
+        "unexpected_errors": sum(r.get("unexpected_errors", 0) for r in records),
+        "policy": policy or {"max_error_rate": 0.0, "allow_empty": False},
         "rejects_files": [r["rejects_file"] for r in records if r["rejects_file"]]
         + [p["rejects_file"] for p in post_build.values() if isinstance(p, dict) and p.get("rejects_file")],
         "scores": score_summary(out, shards),
@@ -244,53 +250,87 @@ def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, An
     return manifest
 
 
+def preflight(recipe: Recipe) -> tuple[Any, Any, list[Step]]:
+    """Everything a build needs, checked before any work: the builder's params, the recipe's steps, their
+    weights (resolved when they are made) and optional modules, and the source's files and column types
+    (read when its partitions are listed). Returns (builder, source, steps); raises BuildStopped/X2IError."""
+    try:
+        builder = make_builder(recipe)
+        steps = builder.steps() + make_steps(recipe.steps)
+        source = make_source(recipe.source)
+    except ImportError as exc:
+        raise BuildStopped(describe_stop(exc, f"recipe {recipe.name}")) from None
+    for step in steps:
+        require_modules(f"recipe {recipe.name} (step {step.name})", step.needs())
+    return builder, source, steps
+
+
+def check_not_empty(manifest: dict[str, Any], out: Path) -> None:
+    """A build that read rows but kept none is almost always a broken setup, not a result: say so."""
+    if manifest["rows"] == 0 and manifest["source_samples"] > 0:
+        top = sorted(manifest["rejects"].items(), key=lambda kv: -kv[1])[:3]
+        reasons = ", ".join(f"{reason} x{n}" for reason, n in top) or "none recorded"
+        raise BuildStopped(f"{out}: read {manifest['source_samples']} source rows but wrote 0 rows (top reject "
+                           f"reasons: {reasons}; see {out}/rejects/); pass --allow-empty to accept an empty build")
+
+
 def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", workers: int = 1,
           ray_address: str | None = None, limit: int | None = None, overwrite: bool = False,
-          strict: bool = False, progress: bool = True, on_partition=None) -> dict[str, Any]:
-    """Build `recipe` into `out_dir`; resumes a previous run of the same plan. Returns the manifest."""
+          strict: bool = False, progress: bool = True, on_partition=None, max_error_rate: float = 0.0,
+          allow_empty: bool = False) -> dict[str, Any]:
+    """Build `recipe` into `out_dir`; resumes a previous run of the same plan. Returns the manifest.
+
+    Stops (BuildStopped, the CLI's exit 2) at the first failure that is not a bad row; finished partitions
+    are kept and a re-run resumes. `max_error_rate` lets that share of source rows fail with undeclared
+    errors (counted as `unexpected_error` rejects); `allow_empty` accepts a build that keeps no row."""
+    if not 0.0 <= max_error_rate < 1.0:
+        raise X2IError(f"--max-error-rate must be in [0, 1), got {max_error_rate}")
     out = Path(out_dir)
-    builder = make_builder(recipe)  # fail on bad params before any work
-    make_steps(recipe.steps)
-    source = make_source(recipe.source)
+    builder, source, _ = preflight(recipe)
     partitions = source.partitions()
     labels = [source.label(p) for p in partitions]
     plan = {"recipe": recipe.to_dict(), "partitions": labels, "limit": limit,
             "quotas": _quotas(source, partitions, limit), "schema_version": SCHEMA_VERSION}
     _prepare_out(out, plan, overwrite)
-    jobs = [PartitionJob(recipe.to_dict(), i, p, labels[i], plan["quotas"][i], str(out), strict)
+    jobs = [PartitionJob(recipe.to_dict(), i, p, labels[i], plan["quotas"][i], str(out), strict, max_error_rate)
             for i, p in enumerate(partitions) if not _record_path(out, i).exists()]
-    failures: list[str] = []
     if jobs:
-        runner = make_executor(executor, workers, ray_address)
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(partitions), initial=len(partitions) - len(jobs), unit="part",
-                       desc=f"build {recipe.name}")
-        rows = 0
-        try:
-            for job, record, error in runner.map_unordered(run_partition, jobs):
-                if error is not None:
-                    if strict:
-                        raise error
-                    failures.append(f"partition {job.index} ({job.label}): {type(error).__name__}: {error}")
-                    continue
-                rows += sum(record["rows"].values())
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(rows=rows)
-                if on_partition is not None:
-                    on_partition(record)
-        finally:
-            if bar is not None:
-                bar.close()
-            runner.close()
-    if failures:
-        raise X2IError(f"{len(failures)} partition(s) failed (finished ones are kept; re-run to resume): "
-                       + " | ".join(failures))
+        _run_jobs(jobs, len(partitions), recipe.name, make_executor(executor, workers, ray_address), strict,
+                  progress, on_partition)
     records, post_build = run_post_build(recipe, out, _records(out, len(partitions)))
-    return assemble_manifest(out, plan, source.describe(), builder.notes(), records, post_build)
+    manifest = assemble_manifest(out, plan, source.describe(), builder.notes(), records, post_build,
+                                 policy={"max_error_rate": max_error_rate, "allow_empty": allow_empty})
+    if not allow_empty:
+        check_not_empty(manifest, out)
+    return manifest
 
 
-__all__ = ["build", "run_partition", "PartitionJob", "FinalizeStep", "task_dir_name"]
+def _run_jobs(jobs: list[PartitionJob], total: int, name: str, runner, strict: bool, progress: bool,
+              on_partition) -> None:
+    """Run the pending partitions; the first failure stops the build (the others in flight are cancelled)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=total - len(jobs), unit="part", desc=f"build {name}")
+    rows = 0
+    try:
+        for job, record, error in runner.map_unordered(run_partition, jobs):
+            if error is not None:
+                if strict:
+                    raise error
+                raise BuildStopped(describe_stop(error, f"partition {job.index} ({job.label})")
+                                   + " (finished partitions are kept; re-run the same command to resume)")
+            rows += sum(record["rows"].values())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(rows=rows)
+            if on_partition is not None:
+                on_partition(record)
+    finally:
+        if bar is not None:
+            bar.close()
+        runner.close()
+
+
+__all__ = ["build", "preflight", "run_partition", "PartitionJob", "FinalizeStep", "task_dir_name"]

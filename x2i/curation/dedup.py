@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from x2i.curation.phash import phash
 from x2i.errors import X2IError
 from x2i.sample import Reject, Sample
 from x2i.shards import atomic_write_bytes, file_sha256, iter_rows, rewrite_shard, write_rejects
@@ -131,9 +132,7 @@ def sample_hashes(sample: Sample, want_phash: bool) -> None:
             h.update(hashlib.sha256(im.data).digest())
         sample.meta["inputs_sha256"] = h.hexdigest()
     if want_phash and sample.phash is None:
-        import imagehash
-
-        sample.phash = str(imagehash.phash(sample.output_image.pil()))
+        sample.phash = phash(sample.output_image.pil())
 
 
 def _group(task: str, meta: dict[str, Any]) -> tuple:

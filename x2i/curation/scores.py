@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from x2i.curation.models import (DEFAULT_CLIP, DEFAULT_PREDICTOR, DEFAULT_PREDICTOR_REPO, load_clip, load_predictor,
                                  pick_device, pick_precision, resolve_clip, resolve_predictor)
-from x2i.errors import X2IError
+from x2i.errors import X2IError, require_modules
 from x2i.prompt import remove_placeholders
 from x2i.sample import Sample
 from x2i.steps import BatchMapStep, Context
@@ -54,6 +54,9 @@ class _ScoreStep(BatchMapStep):
 
     column = ""
 
+    def needs(self) -> list[tuple[str, str]]:
+        return [("torch", "curation"), ("open_clip", "curation"), ("huggingface_hub", "curation")]
+
     def _keep(self, sample: Sample, value: float, ctx: Context, provenance: str) -> Sample | None:
         if not math.isfinite(value):
             ctx.reject(sample, f"{self.column}_nan", self.name, f"{self.column} is {value}")
@@ -78,6 +81,7 @@ class AestheticStep(_ScoreStep):
         self.p = params
         self.batch_size = params.batch_size
         # Resolved now so a missing file fails at planning time, before any partition runs.
+        require_modules("the aesthetic step", self.needs())
         self.clip_dir = str(resolve_clip(params.clip_model, params.allow_download, who="aesthetic step"))
         self.predictor_path = str(resolve_predictor(params.predictor, params.predictor_repo, params.allow_download,
                                                     who="aesthetic step"))
@@ -119,6 +123,7 @@ class ClipScoreStep(_ScoreStep):
             raise X2IError(f"clip_score: text must be instruction or caption, got {params.text!r}")
         self.p = params
         self.batch_size = params.batch_size
+        require_modules("the clip_score step", self.needs())
         self.clip_dir = str(resolve_clip(params.clip_model, params.allow_download, who="clip_score step"))
         self.provenance = f"cosine(image, {params.text}) with {params.clip_model}"
 

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from x2i.config import from_dict
+from x2i.sources.columns import check_file
 from x2i.errors import SourceError, X2IError
 from x2i.imageio import EncodedImage, ImageError, encode, load
 from x2i.masks import mask_from_image
@@ -94,14 +95,19 @@ class ParquetEditSource(Source):
         if not files:
             raise SourceError(root, f"no {self.format} parquet files found")
         for f in files:
-            try:
-                names = pq.read_schema(f).names
-            except Exception as exc:
-                raise SourceError(f, f"not a readable parquet file ({exc})") from None
+            names = check_file(f, self.column_types()).names
             for role in ("source", "target", "instruction"):
                 if self.roles[role] not in names:
                     raise SourceError(f, f"missing column '{self.roles[role]}' ({self.help})")
         return [str(f) for f in files]
+
+    def column_types(self) -> dict[str, tuple[str, ...]]:
+        """Image roles hold HF Image structs (or raw bytes), text roles strings."""
+        types = {self.roles[r]: ("image", "binary") for r in ("source", "target", "mask") if r in self.roles}
+        types.update({self.roles[r]: ("string",) for r in ("instruction", "inverse") if r in self.roles})
+        if "key" in self.roles:  # UltraEdit numbers its rows (idx int64)
+            types[self.roles["key"]] = ("string", "number")
+        return types
 
     def count(self, partition: str) -> int:
         return pq.ParquetFile(partition).metadata.num_rows

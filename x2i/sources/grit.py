@@ -22,11 +22,17 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from x2i.errors import SourceError, X2IError
+from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
 from x2i.imageio import ImageError, load
 from x2i.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
 from x2i.steps import Context
+
+# GRIT-20M's published columns (noun_chunks/ref_exps: lists of [start, end, x1, y1, x2, y2, score], or the same
+# as a JSON string in some re-exports).
+GRIT_TYPES = {**IMG2DATASET_TYPES, "id": ("string", "number"), "clip_similarity_vitb32": ("number",),
+              "clip_similarity_vitl14": ("number",), "noun_chunks": ("list", "string"), "ref_exps": ("list", "string")}
 
 GRIT_ANNOTATION_COLUMNS = ("noun_chunks", "ref_exps")
 BOX_TOLERANCE = 0.01  # detector boxes a hair outside [0, 1] are clipped; further out they are rejected
@@ -137,10 +143,7 @@ class GritSource(Source):
         if not files:
             raise SourceError(path, "no GRIT parquet files found")
         for f in files:
-            try:
-                schema = pq.read_schema(f)
-            except Exception as exc:
-                raise SourceError(f, f"not a readable parquet file ({exc})") from None
+            schema = check_file(f, GRIT_TYPES)
             for col in ("url", "caption", "noun_chunks"):
                 if col not in schema.names:
                     raise SourceError(f, f"missing column '{col}' (GRIT columns: key, url, caption, width, height, noun_chunks, ref_exps, ...)")
@@ -150,8 +153,10 @@ class GritSource(Source):
         shards = i2d.find_shards(self.images_root)
         if not self.metadata_files:  # self-contained: GRIT columns must travel with the images
             for shard in shards:
-                cols = i2d.metadata_columns(shard)
+                schema = i2d.metadata_schema(shard)
+                cols = schema.names if schema is not None else []
                 if cols:
+                    check_types(shard.sidecar or shard.path, schema, GRIT_TYPES)
                     for col in ("caption", "noun_chunks"):
                         if col not in cols:
                             where = shard.sidecar or shard.path

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from x2i.errors import SourceError
+from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types, read_schema
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image")
@@ -64,17 +65,17 @@ def find_shards(root: str | Path) -> list[Shard]:
         shards = []
         for tar in tars:
             sidecar = tar.with_suffix(".parquet")
+            if sidecar.exists():
+                check_file(sidecar, IMG2DATASET_TYPES)
             shards.append(Shard(str(tar), "tar", str(sidecar) if sidecar.exists() else None))
         return shards
     shards = []
     for p in files:
         if p.suffix != ".parquet":
             continue
-        try:
-            names = pq.read_schema(p).names
-        except Exception as exc:
-            raise SourceError(p, f"not a readable parquet file ({exc})") from None
-        if _image_column(names):
+        schema = read_schema(p)
+        if _image_column(schema.names):
+            check_types(p, schema, IMG2DATASET_TYPES)
             shards.append(Shard(str(p), "parquet"))
     if not shards:
         raise SourceError(root, "no img2dataset shards found (expected *.tar, or *.parquet with a jpg/png/webp/image column)")
@@ -83,13 +84,14 @@ def find_shards(root: str | Path) -> list[Shard]:
 
 def metadata_columns(shard: Shard) -> list[str]:
     """Column names of a shard's metadata (sidecar or the parquet itself); [] for a tar without sidecar."""
+    schema = metadata_schema(shard)
+    return schema.names if schema is not None else []
+
+
+def metadata_schema(shard: Shard):
+    """The Arrow schema of a shard's metadata (sidecar or the parquet itself); None for a bare tar."""
     path = shard.sidecar if shard.kind == "tar" else shard.path
-    if path is None:
-        return []
-    try:
-        return pq.read_schema(path).names
-    except Exception as exc:
-        raise SourceError(path, f"not a readable parquet file ({exc})") from None
+    return read_schema(path) if path is not None else None
 
 
 def _status(meta: dict[str, Any]) -> str:

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from x2i.config import from_dict
 from x2i.errors import SourceError, X2IError
+from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
 from x2i.imageio import ImageError, load
 from x2i.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
@@ -36,6 +37,10 @@ from x2i.sources import img2dataset as i2d
 from x2i.steps import Context
 
 SCORE_COLUMNS = ("similarity", "punsafe", "pwatermark")
+# The published metadata columns (v1 and v2 spellings) and img2dataset's columns of a downloaded copy.
+LAION_TYPES = {**IMG2DATASET_TYPES, "URL": ("string",), "TEXT": ("string",), "WIDTH": ("number",),
+               "HEIGHT": ("number",), "aesthetic": ("number",), "AESTHETIC_SCORE": ("number",),
+               **{c: ("number",) for c in SCORE_COLUMNS}}
 AESTHETIC_COLUMNS = {"aesthetic": 1, "AESTHETIC_SCORE": 2}
 COLUMNS_HELP = ("LAION-Aesthetics columns: URL, TEXT, WIDTH, HEIGHT, similarity, hash, punsafe, pwatermark and "
                 "aesthetic (v1) or AESTHETIC_SCORE (v2)")
@@ -177,7 +182,7 @@ class LaionSource(Source):
     def _metadata(path: Path) -> tuple[str, ...]:
         files = _files(path)
         for f in files:
-            check_columns(f, _schema_names(f), "URL", "TEXT")
+            check_columns(f, check_file(f, LAION_TYPES).names, "URL", "TEXT")
         return tuple(str(f) for f in files)
 
     # -- planning --------------------------------------------------------------------------------------------
@@ -192,8 +197,10 @@ class LaionSource(Source):
         shards = i2d.find_shards(self.root)
         if self.mode == "images":  # self-contained: the LAION columns must travel with the images
             for shard in shards:
-                cols = i2d.metadata_columns(shard)
+                schema = i2d.metadata_schema(shard)
+                cols = schema.names if schema is not None else []
                 if cols:
+                    check_types(shard.sidecar or shard.path, schema, LAION_TYPES)
                     check_columns(shard.sidecar or shard.path, cols, "url", "caption")
         return shards
 
