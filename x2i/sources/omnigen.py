@@ -79,9 +79,10 @@ class OmniGenJsonlSource(Source):
             raise X2IError("the omnigen format needs a path to a JSONL file (or a folder of them)")
         self.path = Path(config.path)
         self.per_partition = int(config.options.get("lines_per_partition", LINES_PER_PARTITION))
-        self.max_image_bytes = int(config.options.get("max_image_bytes", DEFAULT_MAX_FILE_BYTES))
-        if self.max_image_bytes < 1:
-            raise X2IError(f"source.options.max_image_bytes must be positive, got {self.max_image_bytes}")
+        limit = config.options.get("max_image_bytes", DEFAULT_MAX_FILE_BYTES)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise X2IError(f"source.options.max_image_bytes must be a positive integer, got {limit!r}")
+        self.max_image_bytes = limit
 
     def _files(self) -> list[Path]:
         if not self.path.exists():
