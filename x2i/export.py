@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from x2i.errors import X2IError
-from x2i.shards import atomic_write_bytes, iter_rows, shard_files
+from x2i.safepath import confined, safe_component
+from x2i.shards import atomic_write_bytes, iter_rows, shard_files, task_dir_name
 
 _EXT = {b"\xff\xd8": "jpg", b"\x89P": "png", b"RI": "webp", b"GI": "gif"}
 
 
 def _ext(data: bytes) -> str:
     return _EXT.get(data[:2], "bin")
+
+
+def _write_image(images: Path, task_dir: str, stem: str, data: bytes) -> str:
+    """Write one image under `images/<task_dir>/`; return its path relative to `images` (as the JSONL has it)."""
+    name = f"{stem}.{_ext(data)}"
+    path = confined(images, task_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return f"{task_dir}/{name}"
 
 
 def export_omnigen(dataset: str | Path, out: str | Path, tasks: list[str] | None = None,
@@ -43,17 +53,14 @@ def export_omnigen(dataset: str | Path, out: str | Path, tasks: list[str] | None
                 continue
             if limit is not None and len(lines) >= limit:
                 break
-            folder = images / row["task"]
-            folder.mkdir(parents=True, exist_ok=True)
+            # Task and id are row data: they name files only through safepath (unchanged for ordinary values).
+            task_dir, stem = task_dir_name(row["task"]), safe_component(row["id"])
             inputs = []
             for k, struct in enumerate(row["input_images"] or [], 1):
-                name = f"{row['id']}_in{k}.{_ext(struct['bytes'])}"
-                (folder / name).write_bytes(struct["bytes"])
-                inputs.append(f"{row['task']}/{name}")
-            name = f"{row['id']}_out.{_ext(row['output_image']['bytes'])}"
-            (folder / name).write_bytes(row["output_image"]["bytes"])
+                inputs.append(_write_image(images, task_dir, f"{stem}_in{k}", struct["bytes"]))
+            output = _write_image(images, task_dir, f"{stem}_out", row["output_image"]["bytes"])
             lines.append(json.dumps({"task_type": row["task"], "instruction": row["instruction"],
-                                     "input_images": inputs, "output_image": f"{row['task']}/{name}",
+                                     "input_images": inputs, "output_image": output,
                                      "id": row["id"], "source": row["source"], "source_key": row["source_key"],
                                      "meta": row["meta"]}, ensure_ascii=False))
             counts[row["task"]] = counts.get(row["task"], 0) + 1

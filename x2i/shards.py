@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from x2i.safepath import confined, safe_relpath
 from x2i.sample import Reject, Sample
 from x2i.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
 
@@ -23,8 +24,9 @@ TMP_PREFIX = ".tmp-"
 
 
 def task_dir_name(task: str) -> str:
-    """Tasks such as `vision/canny` nest as folders; everything else is kept as is."""
-    return task.replace("..", "_")
+    """The task's folder under `data/`: tasks such as `vision/canny` nest, ordinary names are kept as they are,
+    anything else (absolute, `..`, empty, odd characters) becomes a safe, distinct name (see x2i.safepath)."""
+    return safe_relpath(task)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -159,7 +161,9 @@ class _TaskShards:
         self.index = 0
 
     def _open(self) -> None:
-        final = self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
+        # The path checked is the path written: confined() returns it only once it is proven under out_dir.
+        final = confined(self.out_dir, "data", task_dir_name(self.task),
+                         f"part-{self.partition:05d}-{self.index:03d}.parquet")
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(TMP_PREFIX + final.name)
         self.sink = HashingSink(tmp)

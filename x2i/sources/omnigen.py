@@ -5,6 +5,10 @@ paths relative to an image folder (OmniGen's `--image_path`; for the released X2
 archives were extracted into). OmniGen's docs name the key `output_images`; its code reads `output_image`:
 both are accepted. Partitions are byte ranges of the JSONL files cut at line starts, so a multi-GB file is
 read in parallel without loading it.
+
+Image paths are row data: only regular files under the image folder (`image_root`) are read, each at most
+`max_image_bytes` (source option, default 64 MiB); any other path is a per-row reject (`image_outside_root`,
+`image_not_regular_file`, `image_too_large`, `image_missing`) and the rows beside it are kept.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any
 
 from x2i.errors import SourceError, X2IError
 from x2i.imageio import ImageError, load
+from x2i.safepath import DEFAULT_MAX_FILE_BYTES, FileRejected, read_confined_file
 from x2i.sample import Sample
 from x2i.sources import Source
 from x2i.steps import Context
@@ -39,6 +44,15 @@ def normalise_task(task_type: Any) -> str:
     return TASK_ALIASES.get(task, task.lower().replace("-", "_").replace(" ", "_")) or "unknown"
 
 
+def image_root(jsonl: str | Path, images: str | Path | None = None) -> Path:
+    """Where a JSONL's relative image paths point: `images` when given, else an `images/` folder beside the
+    JSONL when there is one (so `x2i import` of an `x2i export` folder needs no flag), else the JSONL's folder."""
+    if images:
+        return Path(images)
+    beside = Path(jsonl).parent / "images"
+    return beside if beside.is_dir() else Path(jsonl).parent
+
+
 def _split(path: Path, per_partition: int) -> list[JsonlRange]:
     ranges, start, line_no, count, pos = [], 0, 1, 0, 0
     with open(path, "rb") as f:
@@ -58,13 +72,17 @@ class OmniGenJsonlSource(Source):
 
     def __init__(self, config):
         super().__init__(config)
-        unknown = sorted(set(config.options) - {"lines_per_partition"})
+        unknown = sorted(set(config.options) - {"lines_per_partition", "max_image_bytes"})
         if unknown:
             raise X2IError(f"source.options: unknown key(s) {unknown} for format omnigen")
         if config.path is None:
             raise X2IError("the omnigen format needs a path to a JSONL file (or a folder of them)")
         self.path = Path(config.path)
         self.per_partition = int(config.options.get("lines_per_partition", LINES_PER_PARTITION))
+        limit = config.options.get("max_image_bytes", DEFAULT_MAX_FILE_BYTES)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise X2IError(f"source.options.max_image_bytes must be a positive integer, got {limit!r}")
+        self.max_image_bytes = limit
 
     def _files(self) -> list[Path]:
         if not self.path.exists():
@@ -75,9 +93,13 @@ class OmniGenJsonlSource(Source):
         return files
 
     def image_root(self, jsonl: Path) -> Path:
-        return Path(self.config.images) if self.config.images else jsonl.parent
+        """The only folder this JSONL's images are read from: `--images`, else `images/` beside the JSONL
+        (OmniGen's `--image_path` layout, and what `x2i export` writes), else the JSONL's own folder."""
+        return image_root(jsonl, self.config.images)
 
     def partitions(self) -> list[JsonlRange]:
+        if self.config.images and not Path(self.config.images).is_dir():
+            raise SourceError(self.config.images, "images folder not found (or not a folder)")
         return [r for f in self._files() for r in _split(f, self.per_partition)]
 
     def count(self, partition: JsonlRange) -> int:
@@ -123,14 +145,14 @@ class OmniGenJsonlSource(Source):
             return None
         images = []
         for rel in [*inputs, output]:
-            path = root / str(rel)
+            # Paths are row data: read only regular files under the images root, size-checked (x2i.safepath).
             try:
-                images.append(load(path.read_bytes(), path=Path(str(rel)).name))
-            except FileNotFoundError:
-                reject("image_missing", f"{path} not found")
+                images.append(load(read_confined_file(root, rel, self.max_image_bytes), path=Path(str(rel)).name))
+            except FileRejected as exc:
+                reject(exc.reason, str(exc))
                 return None
             except ImageError as exc:
-                reject(exc.reason, f"{path}: {exc}")
+                reject(exc.reason, f"{root / str(rel)}: {exc}")
                 return None
         meta: dict[str, Any] = {"task_type": row.get("task_type"), "jsonl": key}
         if isinstance(row.get("meta"), str):
