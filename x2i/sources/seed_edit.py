@@ -23,6 +23,7 @@ from typing import Any
 from x2i.config import from_dict
 from x2i.errors import SourceError, X2IError
 from x2i.imageio import EncodedImage, ImageError, load
+from x2i.safepath import FileRejected, read_confined_file
 from x2i.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources.edits import join_instructions
@@ -84,10 +85,10 @@ class SeedDataEditSource(Source):
             self._reject(ctx, "image_field_missing", f"image path is {rel!r}", key, path, line)
             return None
         file = root / rel.lstrip("/")
-        try:
-            data = file.read_bytes()
-        except OSError:
-            self._reject(ctx, "image_missing", f"no file {file}", key, path, line)
+        try:  # only regular files under the images root, size checked before reading (x2i/safepath.py)
+            data = read_confined_file(root, rel.lstrip("/"))
+        except FileRejected as exc:
+            self._reject(ctx, exc.reason, f"{file}: {exc}", key, path, line)
             return None
         try:
             return load(data, path=Path(rel).name)
