@@ -1,5 +1,6 @@
 """The CLI through typer's runner: the commands a new user types."""
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -87,3 +88,17 @@ def test_missing_column_in_source_is_one_line(tmp_path):
     result = run("build", "-t", "subject-driven", "--source", meta, "--images", images, "-o", tmp_path / "o", "-q")
     assert result.exit_code == 2
     assert f"{meta}: missing column 'noun_chunks'" in result.output
+
+
+def test_validate_an_unfinished_build(dataset, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(dataset, unfinished)
+    (unfinished / "manifest.json").unlink()
+    result = run("validate", unfinished)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("FAILED: ") and "unfinished build: no manifest.json (5 of 5" in lines[0]
+    assert "--partial" in lines[0] and "x2i build" in lines[0]
+    result = run("validate", unfinished, "--partial", "--json")
+    report = json.loads(result.output)
+    assert result.exit_code == 0 and report["ok"] and report["rows"] > 0 and report["note"].startswith("partial")

@@ -86,16 +86,23 @@ def validate_command(
     path: Path = typer.Argument(..., help="Dataset folder (with manifest.json) or a Parquet file."),
     multiple: int = typer.Option(16, help="Required divisor of output width/height (1 disables the check)."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Read image headers only (faster, weaker)."),
+    partial: bool = typer.Option(False, "--partial", help="Check the shards present in an unfinished build "
+                                                          "(no manifest.json required)."),
     max_report: int = typer.Option(50, help="Problems to print (all are counted)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check schema, placeholders vs images, decodable images, sizes, duplicate ids and the manifest."""
+    """Check schema, placeholders vs images, decodable images, sizes, duplicate ids and the manifest.
+
+    Exit 0: valid. Exit 1: problems found, or an unfinished build (no manifest.json; re-run the build to finish
+    it, or use --partial)."""
     from x2i.validate import validate
 
-    report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json)
+    report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json,
+                      partial=partial)
     if as_json:
         typer.echo(json.dumps({"ok": report.ok, "files": report.files, "rows": report.rows,
-                               "images": report.images, "problems": [vars(p) for p in report.problems]}, indent=1))
+                               "images": report.images, "incomplete": report.incomplete, "note": report.note,
+                               "problems": [vars(p) for p in report.problems]}, indent=1))
     else:
         for problem in report.problems[:max_report]:
             typer.echo(str(problem))
