@@ -125,3 +125,12 @@ def test_recipe_file_errors_name_the_file_and_nested_key(tmp_path):
     result = run("build", "--recipe", recipe, "--out", tmp_path / "o", "-q")
     assert result.exit_code == 2
     assert f"{recipe}: source.pth: unknown key; did you mean 'path'?" in result.output
+
+
+def test_unknown_model_preset_is_one_line_and_creates_nothing(tmp_path):
+    pytest.importorskip("torch")  # without it the command stops earlier, at the missing extra (test_extras.py)
+    result = run("train", "--mix", "shapes", "--model", "huge", "--out", tmp_path / "run")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "unknown model preset 'huge'" in lines[0] and "omnigen-v1, small, tiny" in lines[0]
+    assert not (tmp_path / "run").exists()
