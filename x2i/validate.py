@@ -291,3 +291,23 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
     if bar is not None:
         bar.close()
     return report
+
+
+def require_valid(path: str | Path, decode_images: bool = True, action: str = "publish",
+                  log: Any = None, shown: int = 20) -> dict[str, Any] | None:
+    """Validate a dataset folder before `action` (publishing, ...) with its recipe's size multiple; return its
+    manifest (None without one). Raise X2IError when it fails, after passing the first `shown` problems to
+    `log` (e.g. a print to stderr): an unfinished or broken build must never be published."""
+    from x2i.errors import X2IError
+
+    root = Path(path)
+    manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else None
+    multiple = ((manifest or {}).get("recipe") or {}).get("output", {}).get("multiple", 16)
+    report = validate(root, multiple=multiple, decode_images=decode_images)
+    if not report.ok:
+        for problem in report.problems[:shown] if log is not None else []:
+            log(str(problem))
+        if log is not None and len(report.problems) > shown:
+            log(f"... and {len(report.problems) - shown} more (x2i validate {root})")
+        raise X2IError(f"{root} fails validation ({report.summary()}); refusing to {action}")
+    return manifest
