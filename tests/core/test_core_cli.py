@@ -75,7 +75,8 @@ def test_validate_fails_with_a_per_row_report(dataset, tmp_path):
      "manifests/subject_driven.yaml: params.min_crop_side: expected an integer, got 'big'"),
     (["--set", "params.min_crop_side"], "manifests/subject_driven.yaml: --set expects key=value"),
     (["--set", "params.margin=[1,"], "manifests/subject_driven.yaml: params.margin: value '[1,' is not valid YAML"),
-    (["--set", "output.multipel=8"], "manifests/subject_driven.yaml: output.multipel: unknown key; did you mean 'multiple'?"),
+    (["--set", "output.multipel=8"],
+     "manifests/subject_driven.yaml: output.multipel: unknown key; did you mean 'multiple'?"),
     (["--executor", "spark"], "unknown executor"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, needle):

@@ -32,7 +32,8 @@ def run_without(modules, *args, cwd):
 
 
 @pytest.mark.parametrize("blocked,args,expected", [
-    (["torch"], ["train", "--mix", "shapes", "--steps", "1"], "x2i train needs the 'model' extra: pip install 'x2i[model]'"),
+    (["torch"], ["train", "--mix", "shapes", "--steps", "1"],
+     "x2i train needs the 'model' extra: pip install 'x2i[model]'"),
     (["torch"], ["generate", "-p", "a cat", "-o", "cat.png"], "x2i generate needs the 'model' extra"),
     (["huggingface_hub"], ["annotators", "fetch", "sam", "--to", "w"],
      "x2i annotators fetch needs the 'annotators' extra: pip install 'x2i[annotators]'"),
