@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from x2i.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
+from x2i.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
 
+from .config import PRESETS
 from .loader import LoaderConfig
 
 
@@ -108,23 +109,48 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_train_config(path: str | Path | None = None, base: dict[str, Any] | None = None,
-                      overrides: list[str] | None = None) -> TrainConfig:
-    """`base` (e.g. from CLI options), then the YAML file over it, then `key=value` overrides over both."""
+                      overrides: list[str] | None = None, where: str | None = None) -> TrainConfig:
+    """`base` (e.g. from CLI options), then the YAML file over it, then `key=value` overrides over both.
+    `where` names the configuration in errors (default: `path`, else "train config")."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
         data = deep_merge(data, read_yaml(path))
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        set_dotted(data, key.strip(), value)
-    where = str(path) if path is not None else "train config"
+    where = where or (str(path) if path is not None else "train config")
     try:
+        apply_sets(data, overrides or [])
         config = from_dict(TrainConfig, data)
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise exc.in_file(where) from None
     _check(config)
     return config
+
+
+def resolve_train_config(mix: str | None = None, config: str | Path | None = None,
+                         options: dict[str, Any] | None = None, overrides: list[str] | None = None,
+                         run_dir: str | Path | None = None, progress: bool | None = None) -> TrainConfig:
+    """The configuration `x2i train` runs with. Precedence, lowest first: the mix's own `train:` settings, the
+    `config` file, `mix`, `options` (dotted key -> value, e.g. from --lr; None: not given), `run_dir` and
+    `progress`, then the `overrides` (`key=value` strings from --set). The run folder defaults to
+    runs/<mix name>. Checked completely (presets included) before anything is created."""
+    from .mix import find_mix_file, load_mix_config
+
+    data = read_yaml(config) if config is not None else {}
+    if mix is not None:
+        data["mix"] = mix
+    if "mix" not in data:
+        raise ConfigError("give --mix (or `mix:` in --config)")
+    data = deep_merge(load_mix_config(data["mix"]).train, data)
+    for key, value in (options or {}).items():
+        if value is not None:
+            set_dotted(data, key, value, parse=False)  # typed option values, not YAML text
+    if run_dir is not None:
+        data["run_dir"] = str(run_dir)
+    elif "run_dir" not in data:
+        data["run_dir"] = str(Path("runs") / find_mix_file(data["mix"]).stem.removeprefix("mix_"))
+    if progress is not None:
+        data["progress"] = progress
+    return load_train_config(None, base=data, overrides=overrides,
+                             where=str(config) if config is not None else None)
 
 
 def _check(c: TrainConfig) -> None:
@@ -144,5 +170,8 @@ def _check(c: TrainConfig) -> None:
         problems.append("loader.dropout probabilities must be >= 0 and sum to at most 1")
     if c.save_every < 1 or c.log_every < 1:
         problems.append("save_every and log_every must be >= 1")
+    if c.model.init is None and c.model.preset not in PRESETS:  # checked here: before a run folder exists
+        problems.append(f"unknown model preset {c.model.preset!r} (--model / model.preset); "
+                        f"presets: {', '.join(sorted(PRESETS))}")
     if problems:
         raise ConfigError("; ".join(problems))

@@ -1,11 +1,14 @@
 """Typed dataclass configs from YAML/dicts with strict keys and type checks.
 
 `from_dict(Cls, data)` refuses unknown keys, missing required keys and values of the wrong type, naming the
-dotted path of the offending key, so a typo in a recipe fails before any work starts.
+dotted path of the offending key (and the closest known key for a typo), so a typo in a recipe fails before any
+work starts. Errors raised while checking a file's contents get the file name prefixed once, by
+`ConfigError.in_file`, however deep the check ran (e.g. a builder checking a recipe's `params`).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -17,7 +20,23 @@ T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A recipe or config that does not match its dataclass."""
+    """A recipe or config that does not match its dataclass. `file`: the file it is in, when known."""
+
+    def __init__(self, message: str, file: str | None = None):
+        super().__init__(f"{file}: {message}" if file else message)
+        self.message = message
+        self.file = file
+
+    def in_file(self, file: str | Path) -> "ConfigError":
+        """This error as found in `file` (itself when it already names a file, so the prefix appears once)."""
+        return self if self.file else ConfigError(self.message, str(file))
+
+
+def unknown_key(where: str, key: object, allowed: list[str]) -> str:
+    """`params.nme: unknown key; did you mean 'name'?` (or the allowed keys, when none is close)."""
+    path = f"{where}.{key}" if where else str(key)
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    return f"{path}: unknown key; " + (f"did you mean {close[0]!r}?" if close else f"allowed: {sorted(allowed)}")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -86,9 +105,9 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{label}: expected a mapping, got {type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        raise ConfigError(f"{label}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError("; ".join(unknown_key(where, key, sorted(fields)) for key in unknown))
     kwargs = {}
     for name, f in fields.items():
         path = f"{where}.{name}" if where else name
@@ -126,12 +145,31 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """Apply a `a.b.c=value` style override to nested dicts (the value parsed as YAML)."""
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, parse: bool = True) -> None:
+    """Apply a `a.b.c=value` style override to nested dicts (a string value parsed as YAML unless `parse` is
+    False: a path option must stay a string even when it reads as a number). Unknown keys are caught later, by
+    from_dict, which knows the allowed ones."""
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {dotted}={value}: empty key")
     node = data
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: {key} is not a mapping")
-    node[keys[-1]] = yaml.safe_load(value) if isinstance(value, str) else value
+            raise ConfigError(f"{'.'.join(keys[:depth + 1])}: not a mapping, cannot set {dotted}")
+    if parse and isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise ConfigError(f"{dotted}: value {value!r} is not valid YAML ({reason})") from None
+    node[keys[-1]] = value
+
+
+def apply_sets(data: dict[str, Any], items: list[str] | tuple[str, ...]) -> None:
+    """Apply `--set key=value` strings in order (a later one wins)."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        set_dotted(data, key.strip(), value)

@@ -5,12 +5,15 @@ parameters (checked against the builder's own dataclass), optional extra steps, 
 """
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from x2i.config import ConfigError, from_dict, read_yaml, to_dict
+from x2i.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
 
 
 @dataclass
@@ -59,22 +62,54 @@ def list_recipes() -> list[str]:
     return sorted(n for n in _packaged() if not n.startswith("mix"))
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
-    """A recipe from a YAML path, or by name from the shipped manifests (`subject_driven`, `subject-driven`)."""
+def task_names() -> list[str]:
+    """The shipped recipes by the names `x2i build --task` takes and `x2i recipes` prints (subject-driven)."""
+    return [name.replace("_", "-") for name in list_recipes()]
+
+
+def _read(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
+    """A recipe's raw mapping and the file it came from, as error messages name it."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        data = read_yaml(path)
-        where = str(path)
-    else:
-        key = str(name_or_path).replace("-", "_")
-        packaged = _packaged()
-        if key not in packaged:
-            raise ConfigError(f"no recipe named {name_or_path!r}; shipped recipes: {list_recipes()}")
-        import yaml
+        return read_yaml(path), str(path)
+    key = str(name_or_path).replace("-", "_")
+    packaged = _packaged()
+    if key not in packaged:
+        close = difflib.get_close_matches(str(name_or_path).replace("_", "-"), task_names(), n=3)
+        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+        raise ConfigError(f"no recipe named {name_or_path!r}; {hint}shipped recipes: {', '.join(task_names())} "
+                          "(see `x2i recipes`)")
+    import yaml
 
-        data = yaml.safe_load(packaged[key].read_text())
-        where = f"manifests/{key}.yaml"
-    try:
+    return yaml.safe_load(packaged[key].read_text()), f"manifests/{key}.yaml"
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A recipe from a YAML path, or by name from the shipped manifests (`subject_driven`, `subject-driven`)."""
+    data, where = _read(name_or_path)
+    with errors_in(where):
         return Recipe.from_dict(data)
+
+
+@contextmanager
+def errors_in(where: str) -> Iterator[None]:
+    """Name the recipe file `where` in the config errors raised inside, however deep (a builder checking
+    `params`, a source checking `source.options`), so every recipe key error says which file to fix."""
+    try:
+        yield
     except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise exc.in_file(where) from None
+
+
+def resolve_recipe(name_or_path: str | Path, options: dict[str, Any] | None = None,
+                   sets: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, str]:
+    """A recipe with command-line changes applied: `options` (dotted key -> value, None meaning not given),
+    then `--set key=value` strings. Returns it with its file name for error messages (`errors_in`)."""
+    data, where = _read(name_or_path)
+    with errors_in(where):
+        data = Recipe.from_dict(data).to_dict()  # the recipe's own errors first, with defaults filled in
+        for key, value in (options or {}).items():
+            if value is not None:
+                set_dotted(data, key, value, parse=False)
+        apply_sets(data, sets)
+        return Recipe.from_dict(data), where

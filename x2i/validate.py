@@ -8,6 +8,12 @@ Checks, each reported with file, row index and id:
   to the decoded output size and multiples of `multiple`, meta valid JSON, quality scores finite or null;
 - manifest level (when manifest.json exists): every listed shard exists with the recorded rows and sha256, no
   unlisted shard, per-task row counts agree.
+
+Completeness: a folder holding an x2i build (`_progress/plan.json`) without manifest.json is an unfinished build
+and fails without checking rows, as does a manifest that disagrees with the shards on disk, each with one line
+saying how to go on (resume the build, or `partial=True` / `x2i validate --partial` to check what is there).
+A finished build whose manifest records 0 rows (every record rejected) is valid. Rejects ledgers (rejects/)
+and other folders x2i writes beside the data are never checked as data shards.
 """
 from __future__ import annotations
 
@@ -47,14 +53,49 @@ class Report:
     rows: int = 0
     images: int = 0
     problems: list[Problem] = field(default_factory=list)
+    incomplete: str | None = None  # why this is not a finished build, and how to go on (fails validation)
+    note: str | None = None  # what was checked, when not a whole finished build (partial, empty build)
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.incomplete is None
 
     def summary(self) -> str:
+        if self.incomplete is not None:
+            return f"FAILED: {self.incomplete}"
         status = "OK" if self.ok else f"FAILED with {len(self.problems)} problem(s)"
-        return f"{status}: {self.files} file(s), {self.rows} row(s), {self.images} image(s) checked"
+        note = f" ({self.note})" if self.note else ""
+        return f"{status}{note}: {self.files} file(s), {self.rows} row(s), {self.images} image(s) checked"
+
+
+# What to do about a build that is not finished (or no longer matches its manifest).
+HOW_TO_GO_ON = ("resume it by re-running the same `x2i build` command, or check the shards present with "
+                "`x2i validate --partial`")
+
+
+def data_shards(root: Path) -> list[Path]:
+    """The data shards of a dataset folder (or the single file given). Without a data/ folder (a zero-row build,
+    a plain folder of Parquet files) shard_files searches the whole folder, which would take the rejects
+    ledgers and the build's own folders (_progress, a _hub stage) for data."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return [f for f in shard_files(root)
+            if not (f.relative_to(root).parts[0] == "rejects" or f.relative_to(root).parts[0][0] in "_.")]
+
+
+def build_progress(root: Path) -> tuple[int, int | None] | None:
+    """(partitions done, partitions planned or None if unreadable) of an x2i build folder; None when `root`
+    holds no x2i build (no _progress/plan.json)."""
+    plan = root / "_progress" / "plan.json"
+    if not plan.is_file():
+        return None
+    done = len(list((root / "_progress").glob("part-*.json")))
+    try:
+        planned = len(json.loads(plan.read_text())["partitions"])
+    except (ValueError, KeyError, TypeError):
+        planned = None  # a damaged plan still marks an unfinished build; only the count is unknown
+    return done, planned
 
 
 def _check_schema(path: Path, rel: str, report: Report) -> bool:
@@ -147,13 +188,13 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
             add(f"{col} is {v}")
 
 
-def _check_manifest(root: Path, files: list[Path], report: Report) -> None:
+def _check_manifest(root: Path, files: list[Path], report: Report) -> dict[str, Any] | None:
     path = root / "manifest.json"
     try:
         manifest = json.loads(path.read_text())
     except ValueError as exc:
         report.problems.append(Problem("manifest.json", None, None, f"not valid JSON: {exc}"))
-        return
+        return None
     listed = {s["path"]: s for s in manifest.get("shards", [])}
     on_disk = {str(p.relative_to(root)) for p in files}
     for rel in sorted(on_disk - set(listed)):
@@ -174,21 +215,54 @@ def _check_manifest(root: Path, files: list[Path], report: Report) -> None:
         if task_rows.get(task, 0) != info.get("rows"):
             report.problems.append(Problem("manifest.json", None, None,
                                            f"task {task}: shards hold {task_rows.get(task, 0)} rows, tasks says {info.get('rows')}"))
+    return manifest
+
+
+def _completeness(root: Path, files: list[Path], report: Report, partial: bool) -> dict[str, Any] | None:
+    """Manifest and build-progress checks of a dataset folder; returns the manifest when there is one."""
+    progress = build_progress(root)
+    if partial:
+        if progress is not None:
+            done, planned = progress
+            report.note = f"partial: {done} of {planned if planned is not None else '?'} partitions done"
+        else:
+            report.note = "partial: manifest not checked"
+        return None
+    if (root / "manifest.json").exists():
+        before = len(report.problems)
+        manifest = _check_manifest(root, files, report)
+        if len(report.problems) > before:
+            count = len(report.problems) - before
+            report.incomplete = (f"{root}: the shards on disk do not match manifest.json ({count} problem(s) "
+                                 f"above; an interrupted re-run or files changed since the build): {HOW_TO_GO_ON}")
+        return manifest
+    if progress is not None:
+        done, planned = progress
+        report.incomplete = (f"{root} is an unfinished build: no manifest.json ({done} of "
+                             f"{planned if planned is not None else '?'} partitions done); {HOW_TO_GO_ON}")
+    return None
 
 
 def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, max_problems: int = 10_000,
-             progress: bool = False) -> Report:
-    """Validate a dataset folder (with or without manifest.json) or a single Parquet file."""
+             progress: bool = False, partial: bool = False) -> Report:
+    """Validate a dataset folder (an x2i build with manifest.json, or a plain folder of shards) or a single
+    Parquet file. `partial`: check the shards present in a build folder without requiring its manifest."""
     root = Path(path)
     report = Report()
     if not root.exists():
         report.problems.append(Problem(str(root), None, None, "no such file or directory"))
         return report
-    files = shard_files(root)
+    files = data_shards(root)
     base = root if root.is_dir() else root.parent
-    if root.is_dir() and (root / "manifest.json").exists():
-        _check_manifest(root, files, report)
+    manifest = _completeness(root, files, report, partial) if root.is_dir() else None
+    if report.incomplete is not None and not report.problems:
+        return report  # no manifest: nothing to check the rows against, and the fix is to finish the build
     if not files:
+        if manifest is not None and manifest.get("rows") == 0:
+            rejected = manifest.get("rejects_total", 0)
+            report.note = (f"0 rows: an empty build, {rejected} source record(s) rejected"
+                           + (" (ledgers in rejects/)" if manifest.get("rejects_files") else ""))
+            return report
         report.problems.append(Problem(str(root), None, None, "no parquet shards found"))
         return report
     seen: dict[str, str] = {}
@@ -217,3 +291,23 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
     if bar is not None:
         bar.close()
     return report
+
+
+def require_valid(path: str | Path, decode_images: bool = True, action: str = "publish",
+                  log: Any = None, shown: int = 20) -> dict[str, Any] | None:
+    """Validate a dataset folder before `action` (publishing, ...) with its recipe's size multiple; return its
+    manifest (None without one). Raise X2IError when it fails, after passing the first `shown` problems to
+    `log` (e.g. a print to stderr): an unfinished or broken build must never be published."""
+    from x2i.errors import X2IError
+
+    root = Path(path)
+    manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else None
+    multiple = ((manifest or {}).get("recipe") or {}).get("output", {}).get("multiple", 16)
+    report = validate(root, multiple=multiple, decode_images=decode_images)
+    if not report.ok:
+        for problem in report.problems[:shown] if log is not None else []:
+            log(str(problem))
+        if log is not None and len(report.problems) > shown:
+            log(f"... and {len(report.problems) - shown} more (x2i validate {root})")
+        raise X2IError(f"{root} fails validation ({report.summary()}); refusing to {action}")
+    return manifest

@@ -1,5 +1,6 @@
 """The CLI through typer's runner: the commands a new user types."""
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,8 +69,14 @@ def test_validate_fails_with_a_per_row_report(dataset, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--source", "/definitely/not/here"], "/definitely/not/here: no such file or directory"),
-    (["--set", "params.min_crop_sides=3"], "unknown key(s) ['min_crop_sides']"),
-    (["--set", "params.min_crop_side=big"], "expected an integer"),
+    (["--set", "params.min_crop_sides=3"],
+     "manifests/subject_driven.yaml: params.min_crop_sides: unknown key; did you mean 'min_crop_side'?"),
+    (["--set", "params.min_crop_side=big"],
+     "manifests/subject_driven.yaml: params.min_crop_side: expected an integer, got 'big'"),
+    (["--set", "params.min_crop_side"], "manifests/subject_driven.yaml: --set expects key=value"),
+    (["--set", "params.margin=[1,"], "manifests/subject_driven.yaml: params.margin: value '[1,' is not valid YAML"),
+    (["--set", "output.multipel=8"],
+     "manifests/subject_driven.yaml: output.multipel: unknown key; did you mean 'multiple'?"),
     (["--executor", "spark"], "unknown executor"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, needle):
@@ -87,3 +94,44 @@ def test_missing_column_in_source_is_one_line(tmp_path):
     result = run("build", "-t", "subject-driven", "--source", meta, "--images", images, "-o", tmp_path / "o", "-q")
     assert result.exit_code == 2
     assert f"{meta}: missing column 'noun_chunks'" in result.output
+
+
+def test_validate_an_unfinished_build(dataset, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(dataset, unfinished)
+    (unfinished / "manifest.json").unlink()
+    result = run("validate", unfinished)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith("FAILED: ") and "unfinished build: no manifest.json (5 of 5" in lines[0]
+    assert "--partial" in lines[0] and "x2i build" in lines[0]
+    result = run("validate", unfinished, "--partial", "--json")
+    report = json.loads(result.output)
+    assert result.exit_code == 0 and report["ok"] and report["rows"] > 0 and report["note"].startswith("partial")
+
+
+def test_unknown_task_suggests_the_close_names_recipes_lists(tmp_path):
+    listed = [line.split()[0] for line in run("recipes").output.splitlines()]
+    assert "subject-driven" in listed and "text-to-image" in listed
+    result = run("build", "--task", "subject-drivn", "--out", tmp_path / "o", "-q")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no recipe named 'subject-drivn'; did you mean 'subject-driven'?" in result.output
+    assert all(name in result.output for name in listed)  # named as --task takes them
+    assert run("build", "--task", listed[-1], "--help").exit_code == 0
+
+
+def test_recipe_file_errors_name_the_file_and_nested_key(tmp_path):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text("name: mine\nbuilder: subject_driven\nsource: {format: grit, pth: x}\n")
+    result = run("build", "--recipe", recipe, "--out", tmp_path / "o", "-q")
+    assert result.exit_code == 2
+    assert f"{recipe}: source.pth: unknown key; did you mean 'path'?" in result.output
+
+
+def test_unknown_model_preset_is_one_line_and_creates_nothing(tmp_path):
+    pytest.importorskip("torch")  # without it the command stops earlier, at the missing extra (test_extras.py)
+    result = run("train", "--mix", "shapes", "--model", "huge", "--out", tmp_path / "run")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "unknown model preset 'huge'" in lines[0] and "omnigen-v1, small, tiny" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from x2i.build import build
@@ -121,3 +122,55 @@ def test_manifest_consistency(dataset):
     assert any("listed in manifest.json but missing" in m for m in _messages(validate(dataset)))
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert manifest["rows"] > 0
+
+
+def _kill_after(dataset, done):
+    """The folder as a build killed after `done` partitions leaves it: no manifest, later records gone."""
+    (dataset / "manifest.json").unlink()
+    for record in sorted((dataset / "_progress").glob("part-*.json"))[done:]:
+        record.unlink()
+
+
+def test_unfinished_build_fails_with_one_line_and_partial_checks_what_is_there(dataset):
+    _kill_after(dataset, 2)
+    report = validate(dataset)
+    assert not report.ok and report.problems == [] and report.rows == 0  # rows not checked
+    assert "unfinished build: no manifest.json (2 of 5 partitions done)" in report.summary()
+    assert "re-running the same `x2i build`" in report.summary() and "--partial" in report.summary()
+    partial = validate(dataset, partial=True)
+    assert partial.ok and partial.rows > 0, _messages(partial)
+    assert "partial: 2 of 5 partitions done" in partial.summary()
+
+
+def test_resuming_the_unfinished_build_makes_it_valid(dataset):
+    _kill_after(dataset, 2)
+    build(load_recipe("subject-driven"), dataset, limit=12, progress=False, strict=True)
+    report = validate(dataset)
+    assert report.ok and report.rows > 10, _messages(report)
+
+
+def test_shards_that_disagree_with_the_manifest_fail_the_build(dataset):
+    shard = shard_files(dataset)[0]
+    shutil.copy(shard, shard.with_name("part-00003-000.parquet"))  # a stray shard the manifest does not list
+    report = validate(dataset)
+    assert not report.ok and report.summary().startswith("FAILED: ")
+    assert "do not match manifest.json (1 problem(s) above" in report.summary()
+    assert any("duplicate id" in m for m in _messages(report))  # the rows are still checked
+    partial = validate(dataset, partial=True)
+    assert partial.incomplete is None and any("duplicate id" in m for m in _messages(partial))
+
+
+def test_zero_row_build_is_valid_and_ledgers_are_not_data(tmp_path):
+    data = load_recipe("subject-driven").to_dict()
+    data["params"]["min_crop_side"] = 100_000  # every entity crop is too small: all rejected
+    recipe_file = tmp_path / "reject_all.yaml"
+    recipe_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "empty"
+    manifest = build(load_recipe(recipe_file), out, limit=12, progress=False, strict=True)
+    assert manifest["rows"] == 0 and manifest["rejects_total"] > 0
+    assert list((out / "rejects").glob("*.parquet"))  # the ledgers exist and would fail as data shards
+    report = validate(out)
+    assert report.ok, _messages(report)
+    assert report.rows == 0 and report.files == 0 and "0 rows: an empty build" in report.summary()
+    (out / "manifest.json").unlink()
+    assert "unfinished build" in validate(out).summary()

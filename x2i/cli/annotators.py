@@ -12,7 +12,7 @@ annotators_app = typer.Typer(help="Annotators (edge, depth, pose, segmentation):
 
 
 @annotators_app.command("list")
-@user_errors
+@user_errors(command="x2i annotators list")
 def list_command(
     weights: Optional[str] = typer.Option(None, "--weights", help="Also look in this folder (an explicit weights path)."),
 ) -> None:
@@ -35,7 +35,7 @@ def list_command(
 
 
 @annotators_app.command("fetch")
-@user_errors
+@user_errors(command="x2i annotators fetch")
 def fetch_command(
     names: list[str] = typer.Argument(..., help="Annotator names (see `x2i annotators list`)."),
     to: Optional[str] = typer.Option(None, "--to", help="Download into DIR/<repo_id>/ (use with X2I_ANNOTATOR_DIR=DIR) "

@@ -10,6 +10,11 @@ import typer
 
 from x2i.config import ConfigError
 from x2i.errors import X2IError
+from x2i.extras import missing_extra
+
+# The extra a command group installs, for modules several extras provide (torch is in model, annotators and
+# curation): `x2i annotators fetch` without torch should point at x2i[annotators], not x2i[model].
+COMMAND_EXTRA = {"train": "model", "generate": "model", "annotators": "annotators", "publish": "publish"}
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -18,8 +23,23 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors raised by a command into one line on stderr and exit code 2 (also under CliRunner)."""
+def as_user_error(exc: ModuleNotFoundError, command: str) -> X2IError | None:
+    """A missing optional dependency as the one-line MissingExtra for `command` ("x2i annotators fetch"); None
+    when the module is no optional dependency, i.e. a real bug that must keep its traceback."""
+    words = command.split()
+    prefer = COMMAND_EXTRA.get(words[1]) if len(words) > 1 else None
+    return missing_extra(exc, command, prefer)
+
+
+def user_errors(fn: Callable[..., Any] | None = None, *, command: str | None = None) -> Any:
+    """Turn user errors raised by a command into one line on stderr and exit code 2 (also under CliRunner).
+
+    `command` names the command in messages (default: "x2i " + the function's name less `_command`); use
+    `@user_errors(command="x2i annotators fetch")` for subcommands. Click 8.5 keeps no current context
+    during the callback, so the name cannot be looked up at run time."""
+    if fn is None:
+        return functools.partial(user_errors, command=command)
+    name = command or "x2i " + fn.__name__.removesuffix("_command").replace("_", "-")
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -27,6 +47,11 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (X2IError, ConfigError) as exc:
             fail(str(exc))
+        except ModuleNotFoundError as exc:
+            error = as_user_error(exc, name)
+            if error is None:
+                raise
+            fail(str(error))
         except KeyboardInterrupt:
             typer.echo("x2i: interrupted; finished partitions are kept, re-run the same command to resume",
                        err=True)

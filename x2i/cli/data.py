@@ -43,42 +43,29 @@ def build_command(
 ) -> None:
     """Build a dataset from a recipe; re-running the same command resumes an interrupted build."""
     from x2i.build import build
-    from x2i.config import set_dotted
-    from x2i.recipe import Recipe, load_recipe
+    from x2i.recipe import errors_in, resolve_recipe
 
     if (task is None) == (recipe is None):
         fail("give exactly one of --task or --recipe (see `x2i recipes` for the shipped tasks)")
-    data = load_recipe(recipe if recipe is not None else task).to_dict()
-    if source is not None:
-        data["source"]["path"] = source
-    if images is not None:
-        data["source"]["images"] = images
-    if source_format is not None:
-        data["source"]["format"] = source_format
-    if seed is not None:
-        data["seed"] = seed
-    if annotators is not None:
-        data["params"]["annotators"] = [a.strip() for a in annotators.split(",") if a.strip()]
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            fail(f"--set expects key=value, got {item!r}")
-        set_dotted(data, key.strip(), value)
-    resolved = Recipe.from_dict(data)
+    annotator_list = [a.strip() for a in annotators.split(",") if a.strip()] if annotators is not None else None
+    resolved, where = resolve_recipe(recipe if recipe is not None else task, sets=overrides, options={
+        "source.path": source, "source.images": images, "source.format": source_format, "seed": seed,
+        "params.annotators": annotator_list})
     out_dir = out if out is not None else Path("out") / resolved.name
-    manifest = build(resolved, out_dir, executor=executor, workers=workers, ray_address=ray_address,
-                     limit=limit, overwrite=overwrite, progress=not quiet)
+    with errors_in(where):  # a builder or source checking its part of the recipe names the recipe file
+        manifest = build(resolved, out_dir, executor=executor, workers=workers, ray_address=ray_address,
+                         limit=limit, overwrite=overwrite, progress=not quiet)
     typer.echo(_summary(manifest, out_dir))
 
 
 @user_errors
 def recipes_command() -> None:
     """List the recipes shipped with x2i (usable as --task)."""
-    from x2i.recipe import list_recipes, load_recipe
+    from x2i.recipe import load_recipe, task_names
 
-    for name in list_recipes():
+    for name in task_names():
         r = load_recipe(name)
-        typer.echo(f"{name.replace('_', '-'):28s} builder={r.builder} source={r.source.format}")
+        typer.echo(f"{name:28s} builder={r.builder} source={r.source.format}")
 
 
 @user_errors
@@ -86,16 +73,23 @@ def validate_command(
     path: Path = typer.Argument(..., help="Dataset folder (with manifest.json) or a Parquet file."),
     multiple: int = typer.Option(16, help="Required divisor of output width/height (1 disables the check)."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Read image headers only (faster, weaker)."),
+    partial: bool = typer.Option(False, "--partial", help="Check the shards present in an unfinished build "
+                                                          "(no manifest.json required)."),
     max_report: int = typer.Option(50, help="Problems to print (all are counted)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check schema, placeholders vs images, decodable images, sizes, duplicate ids and the manifest."""
+    """Check schema, placeholders vs images, decodable images, sizes, duplicate ids and the manifest.
+
+    Exit 0: valid. Exit 1: problems found, or an unfinished build (no manifest.json; re-run the build to finish
+    it, or use --partial)."""
     from x2i.validate import validate
 
-    report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json)
+    report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json,
+                      partial=partial)
     if as_json:
         typer.echo(json.dumps({"ok": report.ok, "files": report.files, "rows": report.rows,
-                               "images": report.images, "problems": [vars(p) for p in report.problems]}, indent=1))
+                               "images": report.images, "incomplete": report.incomplete, "note": report.note,
+                               "problems": [vars(p) for p in report.problems]}, indent=1))
     else:
         for problem in report.problems[:max_report]:
             typer.echo(str(problem))

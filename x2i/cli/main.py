@@ -13,6 +13,7 @@ import typer
 
 from x2i.config import ConfigError
 from x2i.errors import X2IError
+from x2i.extras import missing_extra
 
 COMMAND_MODULES = [
     "x2i.cli.data",
@@ -49,6 +50,14 @@ def main() -> None:
         app()
     except (X2IError, ConfigError) as exc:
         typer.echo(f"x2i: error: {exc}", err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        # Outside a command there is no click context: name the command from argv.
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+        error = missing_extra(exc, f"x2i {command}" if command else "x2i")
+        if error is None:
+            raise
+        typer.echo(f"x2i: error: {error}", err=True)
         sys.exit(2)
 
 

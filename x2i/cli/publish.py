@@ -1,7 +1,6 @@
 """`x2i publish`: a built dataset to a Hugging Face Hub dataset repo (see x2i/hub.py and docs/publishing.md)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -34,32 +33,20 @@ def publish_command(
     """Publish a dataset to the Hugging Face Hub (one config per task family + default; resumable: re-run it)."""
     from x2i.errors import X2IError
     from x2i.hub import PublishConfig, check_repo_id, hub_api, redact, resolve_token, stage, upload
-    from x2i.validate import validate
+    from x2i.validate import require_valid
 
     check_repo_id(repo_id)
     if not path.is_dir() or not (path / "data").is_dir():
         raise X2IError(f"{path}: not a dataset folder (expected {path / 'data'})")
     token = None if dry_run else resolve_token()  # before any work: no token, nothing done
-    manifest = json.loads((path / "manifest.json").read_text()) if (path / "manifest.json").exists() else None
-    multiple = ((manifest or {}).get("recipe") or {}).get("output", {}).get("multiple", 16)
-    report = validate(path, multiple=multiple, decode_images=not no_decode)
-    if not report.ok:
-        for problem in report.problems[:20]:
-            typer.echo(str(problem), err=True)
-        if len(report.problems) > 20:
-            typer.echo(f"... and {len(report.problems) - 20} more (x2i validate {path})", err=True)
-        raise X2IError(f"{path} fails validation ({report.summary()}); refusing to publish")
+    manifest = require_valid(path, decode_images=not no_decode, log=lambda line: typer.echo(line, err=True))
     cfg = PublishConfig(repo_id=repo_id, private=private, revision=revision, license=license,
                         pretty_name=pretty_name, target_shard_bytes=shard_mb << 20,
                         files_per_commit=files_per_commit, endpoint=endpoint)
     staged = stage(path, stage_dir or path / STAGE_DEFAULT, cfg, manifest=manifest, log=typer.echo)
     per_commit = min(files_per_commit, 99)
     data = [f for f in staged.files if f.task is not None]
-    typer.echo(f"staged {staged.root}: {len(staged.files)} file(s), {_size(sum(f.bytes for f in staged.files))}")
-    for name, tasks in staged.configs.items():
-        typer.echo(f"  config {name}: {sum(staged.tasks[t] for t in tasks)} rows ({', '.join(tasks)})")
-    for f in staged.files:
-        typer.echo(f"  {f.path}  {_size(f.bytes)}" + (f"  {f.rows} rows" if f.task else ""))
+    typer.echo(_staged_report(staged))
     where = f"{repo_id}" + (f" (branch {revision})" if revision else "")
     if dry_run:
         commits = -(-len(data) // per_commit) + 1
@@ -73,6 +60,16 @@ def publish_command(
                               "(finished commits are kept; re-run the same command to resume)", token)) from None
     typer.echo(f"published {where}: {len(result.uploaded)} file(s) uploaded in {len(result.commits)} commit(s), "
                f"{len(result.skipped)} already there, {len(result.deleted)} stale file(s) removed: {result.url}")
+
+
+def _staged_report(staged) -> str:
+    """The staged repo folder: files, sizes and rows per config."""
+    lines = [f"staged {staged.root}: {len(staged.files)} file(s), {_size(sum(f.bytes for f in staged.files))}"]
+    for name, tasks in staged.configs.items():
+        lines.append(f"  config {name}: {sum(staged.tasks[t] for t in tasks)} rows ({', '.join(tasks)})")
+    for f in staged.files:
+        lines.append(f"  {f.path}  {_size(f.bytes)}" + (f"  {f.rows} rows" if f.task else ""))
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

@@ -31,41 +31,16 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train the reference OmniGen model straight off built datasets (a mix of manifests)."""
-    from x2i.model.mix import find_mix_file, load_mix
+    from x2i.model.mix import load_mix
     from x2i.model.train import TrainingStopped, Trainer
-    from x2i.model.train_config import load_train_config
+    from x2i.model.train_config import resolve_train_config
 
-    base: dict = {}
-    if mix is not None:
-        base["mix"] = mix
-    cli_sets = []
-    for key, value in (("model.preset", model), ("model.init", str(init) if init else None),
-                       ("lora.rank", lora_rank), ("steps", steps), ("loader.batch_size", batch_size),
-                       ("optim.lr", lr), ("loader.num_workers", workers), ("device", device),
-                       ("precision", precision), ("dist.strategy", strategy),
-                       ("model.gradient_checkpointing", checkpointing)):
-        if value is not None:
-            cli_sets.append((key, value))
-    # Precedence: the mix's own `train:` settings < --config file < explicit options < --set.
-    from x2i.config import read_yaml, set_dotted
-    from x2i.model.mix import load_mix_config
-    from x2i.model.train_config import deep_merge
-
-    data = read_yaml(config) if config is not None else {}
-    data.update(base)
-    if "mix" in data:
-        data = deep_merge(load_mix_config(data["mix"]).train, data)
-    for key, value in cli_sets:
-        set_dotted(data, key, value)
-    if "mix" not in data:
-        fail("give --mix (or `mix:` in --config)")
-    if out is not None:
-        data["run_dir"] = str(out)
-    elif "run_dir" not in data:
-        data["run_dir"] = str(Path("runs") / find_mix_file(data["mix"]).stem.removeprefix("mix_"))
-    if quiet:
-        data["progress"] = False
-    resolved = load_train_config(None, base=data, overrides=overrides)
+    options = {"model.preset": model, "model.init": str(init) if init else None, "lora.rank": lora_rank,
+               "steps": steps, "loader.batch_size": batch_size, "optim.lr": lr, "loader.num_workers": workers,
+               "device": device, "precision": precision, "dist.strategy": strategy,
+               "model.gradient_checkpointing": checkpointing}
+    resolved = resolve_train_config(mix, config, options, overrides, run_dir=out,
+                                    progress=False if quiet else None)
     mix_obj = load_mix(resolved.mix)
     trainer = Trainer(resolved, resume=resume, mix=mix_obj)
     if trainer.info.is_main:
@@ -88,13 +63,19 @@ def train_command(
 
         cleanup()
     if trainer.info.is_main:
-        typer.echo(f"done: step {summary['step']}, loss {summary['loss']:.4f}")
-        typer.echo("samples per stream (target -> actual):")
-        for name, r in summary["mix"].items():
-            typer.echo(f"  {name:40s} {r['target']:.3f} -> {r['actual']:.3f}  ({r['samples']} samples)")
-        run = Path(resolved.run_dir)
-        typer.echo(f"model: {run / 'final'}" + (f", EMA: {run / 'final-ema'}" if resolved.ema.decay > 0 else ""))
-        typer.echo(f"logs: {run / 'log.jsonl'}" + (f", tensorboard --logdir {run / 'tb'}" if resolved.tensorboard else ""))
+        typer.echo(_report(summary, resolved))
+
+
+def _report(summary: dict, resolved) -> str:
+    """What a finished run printed: loss, samples per stream, where the model and logs are."""
+    lines = [f"done: step {summary['step']}, loss {summary['loss']:.4f}", "samples per stream (target -> actual):"]
+    for name, r in summary["mix"].items():
+        lines.append(f"  {name:40s} {r['target']:.3f} -> {r['actual']:.3f}  ({r['samples']} samples)")
+    run = Path(resolved.run_dir)
+    lines.append(f"model: {run / 'final'}" + (f", EMA: {run / 'final-ema'}" if resolved.ema.decay > 0 else ""))
+    lines.append(f"logs: {run / 'log.jsonl'}"
+                 + (f", tensorboard --logdir {run / 'tb'}" if resolved.tensorboard else ""))
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
