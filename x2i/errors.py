@@ -8,17 +8,6 @@
 """
 from __future__ import annotations
 
-# Optional modules -> the extra that installs them (pyproject.toml's optional-dependencies), for the fix line.
-EXTRA_OF_MODULE: dict[str, str] = {
-    "torch": "model", "torchvision": "model", "safetensors": "model", "tokenizers": "model",
-    "diffusers": "model", "peft": "model", "tensorboard": "model",
-    "transformers": "annotators", "controlnet_aux": "annotators", "timm": "annotators",
-    "huggingface_hub": "publish", "datasets": "publish",
-    "open_clip": "curation", "imagehash": "curation",
-    "nbclient": "notebooks", "nbformat": "notebooks", "ipykernel": "notebooks",
-}
-
-
 class X2IError(Exception):
     """A problem with the user's input or environment (files, recipes, arguments, installs), not a bad row."""
 
@@ -41,8 +30,10 @@ class BuildStopped(X2IError):
 
 def missing_module_fix(exc: ImportError) -> str:
     """'pip install ...' for a missing optional module, from the module's top-level name."""
+    from x2i.extras import extra_for
+
     top = (getattr(exc, "name", None) or "").split(".")[0]
-    extra = EXTRA_OF_MODULE.get(top)
+    extra = extra_for(top) if top else None
     if extra:
         return f"install the '{extra}' extra: pip install 'x2i[{extra}]'"
     return f"install the missing module{f' {top!r}' if top else ''} (pip install 'x2i[all]' brings every extra)"
@@ -64,11 +55,16 @@ def describe_stop(exc: BaseException, where: str) -> str:
 
 
 def require_modules(what: str, modules: list[tuple[str, str]]) -> None:
-    """Stop before any work when optional modules are missing: `modules` are (module, extra that installs it)."""
+    """Stop before any work when an optional module is missing: `modules` are (module, extra that installs it).
+    Looked up without importing (find_spec), so checking is cheap and has no side effects."""
     import importlib.util
 
-    missing = [(m, e) for m, e in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        extras = ",".join(sorted({e for _, e in missing}))
-        raise BuildStopped(f"{what} needs {', '.join(m for m, _ in missing)} (not installed): "
-                           f"pip install 'x2i[{extras}]'")
+    from x2i.extras import MissingExtra
+
+    for module, extra in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a half-imported module
+            found = False
+        if not found:
+            raise MissingExtra(module, extra, what)

@@ -19,7 +19,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
               "tensorboard"),
     "annotators": ("torch", "torchvision", "controlnet_aux", "transformers", "timm", "safetensors",
                    "huggingface_hub"),
-    "curation": ("torch", "torchvision", "open_clip", "imagehash", "safetensors", "huggingface_hub"),
+    "curation": ("torch", "torchvision", "open_clip", "safetensors", "huggingface_hub"),
     "publish": ("huggingface_hub", "datasets"),
     "notebooks": ("nbclient", "nbformat", "ipykernel"),
 }

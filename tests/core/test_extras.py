@@ -6,30 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from blocked_imports import run_without
 from x2i.extras import EXTRAS, MissingExtra, extra_for, require
-
-# Runs the x2i CLI with some top-level modules made unimportable, as on an install without the extra.
-BLOCKED_CLI = """
-import sys
-blocked = set(sys.argv[1].split(","))
-
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in blocked:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-
-sys.meta_path.insert(0, Block())
-sys.argv = ["x2i", *sys.argv[2:]]
-from x2i.cli.main import main
-main()
-"""
-
-
-def run_without(modules, *args, cwd):
-    return subprocess.run([sys.executable, "-c", BLOCKED_CLI, ",".join(modules), *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=300)
-
 
 @pytest.mark.parametrize("blocked,args,expected", [
     (["torch"], ["train", "--mix", "shapes", "--steps", "1"],

@@ -40,6 +40,8 @@ def build_command(
     overrides: list[str] = typer.Option([], "--set", help="Override a recipe key: --set params.min_crop_side=96 (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing build in --out instead of resuming it."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    max_error_rate: float = typer.Option(0.0, "--max-error-rate", min=0.0, max=0.99, help="Share of source rows that may fail with an undeclared error, counted as 'unexpected_error' rejects (default 0: the first one stops the build)."),
+    allow_empty: bool = typer.Option(False, "--allow-empty", help="Accept a build that reads rows but keeps none (otherwise exit 2)."),
 ) -> None:
     """Build a dataset from a recipe; re-running the same command resumes an interrupted build."""
     from x2i.build import build
@@ -54,7 +56,8 @@ def build_command(
     out_dir = out if out is not None else Path("out") / resolved.name
     with errors_in(where):  # a builder or source checking its part of the recipe names the recipe file
         manifest = build(resolved, out_dir, executor=executor, workers=workers, ray_address=ray_address,
-                         limit=limit, overwrite=overwrite, progress=not quiet)
+                         limit=limit, overwrite=overwrite, progress=not quiet, max_error_rate=max_error_rate,
+                         allow_empty=allow_empty)
     typer.echo(_summary(manifest, out_dir))
 
 
