@@ -3,6 +3,8 @@ and bounded memory. Every server here is on 127.0.0.1 and every wait is bounded.
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import time
 import tracemalloc
 
@@ -145,3 +147,34 @@ def test_run_output_is_the_same_whatever_the_concurrency(server, tmp_path):
     assert [r["status"] for r in side] == ["success", "failed_to_download", "success", "failed_to_download",
                                            "success"]
     assert side[1]["error_message"].startswith("http_error:") and JPEG
+
+
+# -- TLS: the handshake and the encrypted reads run under the same deadline -----------------------------------
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    """(https server on 127.0.0.1, client context trusting its self-signed certificate)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    with LoopbackServer() as s:
+        s.httpd.socket = server_ctx.wrap_socket(s.httpd.socket, server_side=True)
+        yield s.base.replace("http://", "https://"), ssl.create_default_context(cafile=str(cert))
+
+
+def test_https_fetch_and_deadlines(tls):
+    base, client_ctx = tls
+    d = make(timeout=1.0)
+    d._ssl = client_ctx  # trust the test certificate; verification itself stays on
+    assert d.fetch(base + "/good.jpg").data == JPEG
+    started = time.monotonic()
+    assert d.fetch(base + "/slow").status == "timeout" and time.monotonic() - started < 2.5
+    with SilentServer() as silent:  # accepts TCP, never answers the TLS hello
+        started = time.monotonic()
+        r = d.fetch(silent.base.replace("http://", "https://") + "/a.jpg")
+    assert r.status == "timeout" and time.monotonic() - started < 2.5, r
+    r = make().fetch(base + "/good.jpg")  # the default context does not trust a self-signed certificate
+    assert r.status == "connection_error" and "CERTIFICATE" in r.error.upper(), r
