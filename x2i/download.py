@@ -251,7 +251,12 @@ class Downloader:
             return FetchResult(str(url), "invalid_url", error=f"url is {url!r}")
         result = FetchResult(url, "connection_error")
         for attempt in range(c.retries + 1):
-            result = self._attempt(url)
+            latest = self._attempt(url)
+            if latest.status == "host_unavailable":  # refused without trying: no attempt made
+                if attempt > 0:
+                    break  # the host went down meanwhile: this URL's own failure says more
+                return latest
+            result = latest
             result.attempts = attempt + 1
             if result.status not in RETRYABLE or attempt == c.retries:
                 break
