@@ -6,37 +6,43 @@ Each URL is fetched with:
   link-local, multicast and reserved addresses are refused unless their network is listed in `allow_networks`
   (e.g. `127.0.0.0/8` for tests on a loopback server; an explicit, narrow allowance rather than a switch);
 - redirects followed by hand (at most `max_redirects`), each hop checked like the first URL;
-- one deadline per attempt covering connect, headers and the whole body (a server that trickles bytes is cut
-  off), and a byte cap checked against Content-Length first and then while reading;
+- one wall-clock deadline per attempt covering DNS, connect, TLS, status line, headers and body: every socket
+  read gets the time left, not a fresh timeout, so a server trickling any part one byte at a time is cut off;
+  a byte cap checked against Content-Length first and then while reading;
 - `X-Robots-Tag: noai` / `noimageai` honoured by default (also when scoped to our user agent token), as
   img2dataset does;
 - the content type must be an image (or a generic binary type) and the first bytes must be a known image
   format's magic number, so HTML error pages served with 200 never become "images";
 - retries with exponential backoff for what can succeed later (timeouts, dropped connections, truncated
-  bodies, HTTP 429 and 5xx); 4xx, wrong types, oversize and robots refusals are final.
+  bodies, HTTP 429 and 5xx); 4xx, wrong types, oversize and robots refusals are final;
+- a per-host circuit breaker: after `host_failures` connection-level failures in a row (refused, timed out,
+  DNS) the host's other URLs fail at once as `host_unavailable`; after `host_cooldown` seconds, one probe.
 
 Every URL yields a `FetchResult` with a status and an error message: failures are data, recorded per URL (in a
-build's rejects ledger or an img2dataset-style sidecar) so they can be retried later. `fetch_many` runs a
-bounded number of requests at once and returns results in input order (deterministic builds).
+build's rejects ledger or an img2dataset-style sidecar) so they can be retried later. `fetch_many` returns
+results in input order (deterministic builds) with at most `concurrency * max_bytes` body bytes held.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import http.client
+import io
 import ipaddress
 import socket
 import ssl
+import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from x2i import __version__
+from x2i.download_run import HostBreaker, fetch_ordered
 
 USER_AGENT_TOKEN = "x2i"
 # Statuses a later attempt may turn into a success; everything else is final.
 RETRYABLE = {"timeout", "connection_error", "truncated", "http_retryable"}
+# Failures that say nothing answered: they count towards a host's circuit breaker.
+HOST_FAILURES = {"timeout", "connection_error", "dns_error"}
 GENERIC_BINARY_TYPES = {"application/octet-stream", "binary/octet-stream", "application/binary"}
 _REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -44,7 +50,7 @@ _REDIRECTS = {301, 302, 303, 307, 308}
 @dataclass
 class DownloadConfig:
     concurrency: int = 16  # requests in flight at once
-    timeout: float = 10.0  # seconds per attempt: connect + headers + whole body
+    timeout: float = 10.0  # seconds per attempt, wall clock: DNS + connect + TLS + headers + whole body
     retries: int = 2  # extra attempts after the first, for retryable failures only
     backoff: float = 0.5  # seconds before the first retry, doubled for each further one
     max_backoff: float = 10.0
@@ -54,6 +60,8 @@ class DownloadConfig:
     respect_robots: bool = True  # honour X-Robots-Tag directives below
     disallowed_directives: tuple[str, ...] = ("noai", "noimageai")
     user_agent: str = f"{USER_AGENT_TOKEN}/{__version__} (dataset builder; honours X-Robots-Tag noai)"
+    host_failures: int = 3  # consecutive connection-level failures that open a host's breaker; 0: never
+    host_cooldown: float = 60.0  # seconds an open breaker refuses a host before one probe may close it
 
 
 @dataclass
@@ -61,6 +69,7 @@ class FetchResult:
     url: str
     status: str  # success | invalid_url | blocked_address | dns_error | connection_error | timeout | http_error
     #              | http_retryable | too_many_redirects | robots_disallowed | not_image | too_large | truncated
+    #              | host_unavailable
     data: bytes | None = None
     http_status: int | None = None
     error: str | None = None
@@ -74,27 +83,20 @@ class FetchResult:
 
 
 class _Failure(Exception):
-    def __init__(self, status: str, error: str, http_status: int | None = None, retry_after: float | None = None):
+    def __init__(self, status: str, error: str, http_status: int | None = None):
         super().__init__(error)
-        self.status, self.error, self.http_status, self.retry_after = status, error, http_status, retry_after
+        self.status, self.error, self.http_status = status, error, http_status
+
+
+_MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"GIF87a", "gif"), (b"GIF89a", "gif"),
+          (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 
 
 def image_kind(data: bytes) -> str | None:
     """The image format named by the first bytes, or None when they are not a known image signature."""
-    head = data[:16]
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
-    if head[:2] == b"BM":
-        return "bmp"
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    return None
+    return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
 
 
 def address_allowed(ip: str, allow_networks: tuple[str, ...] = ()) -> bool:
@@ -125,58 +127,149 @@ def robots_disallow(values: list[str], directives: tuple[str, ...], token: str =
     return False
 
 
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("attempt deadline passed")
+    return left
+
+
+class _DeadlineSocket(io.RawIOBase):
+    """The socket http.client talks through, each send and recv given the attempt's time left.
+
+    http.client reads the status line and headers with readline, one recv per trickled byte; a plain socket
+    timeout restarts on each of them, so a server sending a byte a second would never time out.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        super().__init__()
+        self.raw_sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self.raw_sock.settimeout(_left(self._deadline))
+        return self.raw_sock.recv_into(buffer)
+
+    def sendall(self, data: bytes) -> None:
+        self.raw_sock.settimeout(_left(self._deadline))
+        self.raw_sock.sendall(data)  # since Python 3.5 the timeout bounds the whole sendall
+
+    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
+        if mode != "rb":
+            raise ValueError(f"only binary reads go through the deadline socket, not {mode!r}")
+        return io.BufferedReader(self)
+
+    def close(self) -> None:
+        """Nothing: http.client closes the connection right after the headers when the server says
+        Connection: close, and the response goes on reading the body through us; _PinnedHTTP.dispose closes."""
+
+
+def _resolve_within(host: str, port: int, deadline: float) -> list:
+    """getaddrinfo has no timeout: run it aside and stop waiting at the deadline (the lookup thread ends itself)."""
+    box: list = []
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except BaseException as exc:  # handed to the caller, which re-raises what it does not expect
+            box.append(exc)
+
+    thread = threading.Thread(target=lookup, name="x2i-dns", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if not box:
+        raise _Failure("timeout", f"DNS lookup of {host!r} did not answer in time")
+    if isinstance(box[0], socket.gaierror):
+        raise _Failure("dns_error", f"cannot resolve {host!r}: {box[0]}")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
-    """An HTTP connection to a pre-vetted address (the Host header still names the host)."""
+    """An HTTP connection to a pre-vetted address (the Host header still names the host), within a deadline."""
 
-    def __init__(self, host: str, port: int, ip: str, timeout: float):
-        super().__init__(host, port, timeout=timeout)
-        self._ip = ip
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
-
-
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, ip: str, timeout: float, context: ssl.SSLContext):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._ip = ip
+    def __init__(self, host: str, port: int, ip: str, deadline: float, context: ssl.SSLContext | None = None):
+        super().__init__(host, port)
+        self._ip, self._deadline, self._context = ip, deadline, context
+        self._raw: socket.socket | None = None
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        sock = socket.create_connection((self._ip, self.port), _left(self._deadline))
+        if self._context is not None:
+            try:
+                sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+                sock.settimeout(_left(self._deadline))
+                sock.do_handshake()  # the ssl module counts this timeout down over the whole handshake
+            except BaseException:
+                sock.close()
+                raise
+        self._raw, self.sock = sock, _DeadlineSocket(sock, self._deadline)
+
+    def dispose(self) -> None:
+        self.close()
+        if self._raw is not None:
+            self._raw.close()
+
+
+def _host_key(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}" if parts.hostname else None
+    except ValueError:  # a bad port: _connect reports it
+        return None
 
 
 class Downloader:
-    """Fetch image URLs safely; thread-safe (one connection per request)."""
+    """Fetch image URLs safely; thread-safe (one connection per request, one breaker per downloader)."""
 
     def __init__(self, config: DownloadConfig | None = None):
         self.config = config or DownloadConfig()
         self._ssl = ssl.create_default_context()
+        self._breaker = HostBreaker(self.config.host_failures, self.config.host_cooldown)
+        self._held_lock = threading.Lock()
+        self.held_bytes = 0  # body bytes read and not yet released by the caller (see fetch_many)
+        self.peak_held_bytes = 0
+
+    def _hold(self, n: int) -> None:
+        with self._held_lock:
+            self.held_bytes += n
+            self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
 
     # -- one URL -------------------------------------------------------------------------------------------
     def fetch(self, url: str | None) -> FetchResult:
         """Fetch one URL with retries; never raises for network or content problems."""
+        result = self.fetch_held(url)
+        self.release(result)
+        return result
+
+    def fetch_held(self, url: str | None) -> FetchResult:
         c = self.config
         if not isinstance(url, str) or not url.strip():
             return FetchResult(str(url), "invalid_url", error=f"url is {url!r}")
         result = FetchResult(url, "connection_error")
         for attempt in range(c.retries + 1):
-            result = self._attempt(url)
+            latest = self._attempt(url)
+            if latest.status == "host_unavailable":  # refused without trying: no attempt made
+                if attempt > 0:
+                    break  # the host went down meanwhile: this URL's own failure says more
+                return latest
+            result = latest
             result.attempts = attempt + 1
             if result.status not in RETRYABLE or attempt == c.retries:
                 break
-            delay = min(c.max_backoff, c.backoff * (2 ** attempt))
-            time.sleep(delay)
+            host = _host_key(url)
+            if host and self._breaker.refusal(host, probe=False):
+                break  # the host just went down for this run: keep this URL's own failure, skip the retries
+            time.sleep(min(c.max_backoff, c.backoff * (2 ** attempt)))
         if result.status == "http_retryable":  # retries exhausted: report it as the HTTP error it is
             result.status = "http_error"
         return result
 
-    def _resolve(self, host: str, port: int) -> str:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise _Failure("dns_error", f"cannot resolve {host!r}: {exc}") from None
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    def _resolve(self, host: str, port: int, deadline: float) -> str:
+        addresses = list(dict.fromkeys(info[4][0] for info in _resolve_within(host, port, deadline)))
         allowed = [a for a in addresses if address_allowed(a, self.config.allow_networks)]
         # A host that resolves to any refused address is refused as a whole: mixing a public and an internal
         # address in one answer is how rebinding attacks start.
@@ -185,7 +278,7 @@ class Downloader:
             raise _Failure("blocked_address", f"{host} resolves to a non-public address {refused}")
         return allowed[0]
 
-    def _connect(self, url: str, deadline: float) -> tuple[http.client.HTTPConnection, str]:
+    def _connect(self, url: str, deadline: float) -> tuple[_PinnedHTTP, str]:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -194,45 +287,47 @@ class Downloader:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError as exc:
             raise _Failure("invalid_url", str(exc)) from None
-        ip = self._resolve(parts.hostname, port)
-        left = max(0.001, deadline - time.monotonic())
-        if scheme == "https":
-            conn: http.client.HTTPConnection = _PinnedHTTPS(parts.hostname, port, ip, left, self._ssl)
-        else:
-            conn = _PinnedHTTP(parts.hostname, port, ip, left)
-        target = parts.path or "/"
-        if parts.query:
-            target += "?" + parts.query
-        return conn, target
+        ip = self._resolve(parts.hostname, port, deadline)
+        conn = _PinnedHTTP(parts.hostname, port, ip, deadline, self._ssl if scheme == "https" else None)
+        return conn, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def _attempt(self, url: str) -> FetchResult:
+        """One attempt, redirects included; each hop's host is checked against and reported to the breaker."""
+        hop: dict = {"host": None, "reached": False}
+        result = self._attempt_hops(url, hop)
+        if hop["host"] is not None:
+            failed = result.status in HOST_FAILURES and not hop["reached"]
+            self._breaker.report(hop["host"], hop["reached"], f"{result.status}: {result.error}" if failed else None)
+        return result
+
+    def _attempt_hops(self, url: str, hop: dict) -> FetchResult:
         c = self.config
         deadline = time.monotonic() + c.timeout
-        current = url
-        response = None
-        conn = None
+        current, conn = url, None
         try:
-            for _hop in range(c.max_redirects + 1):
+            for _ in range(c.max_redirects + 1):
+                host = _host_key(current)
+                why = host and self._breaker.refusal(host)
+                if why:
+                    raise _Failure("host_unavailable", why)
+                hop.update(host=host, reached=False)
                 conn, target = self._connect(current, deadline)
                 conn.request("GET", target, headers={"User-Agent": c.user_agent, "Accept": "image/*",
                                                      "Accept-Encoding": "identity", "Connection": "close"})
-                if conn.sock is not None:  # headers must also arrive within this attempt's deadline
-                    conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
                 response = conn.getresponse()
-                if response.status in _REDIRECTS:
-                    location = response.getheader("Location")
-                    conn.close()
-                    if not location:
-                        raise _Failure("http_error", f"HTTP {response.status} without Location", response.status)
-                    current = urljoin(current, location)
-                    continue
-                break
-            else:
-                raise _Failure("too_many_redirects", f"more than {c.max_redirects} redirects")
-            return self._read(url, current, response, conn, deadline)
+                hop["reached"] = True
+                if response.status not in _REDIRECTS:
+                    return self._read(url, current, response, deadline)
+                location = response.getheader("Location")
+                conn.dispose()
+                if not location:
+                    raise _Failure("http_error", f"HTTP {response.status} without Location", response.status)
+                self._breaker.report(host, True, None)  # this hop's host answered; the next one is judged alone
+                current = urljoin(current, location)
+            raise _Failure("too_many_redirects", f"more than {c.max_redirects} redirects")
         except _Failure as f:
             return FetchResult(url, f.status, http_status=f.http_status, error=f.error, final_url=current)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:  # socket.timeout is TimeoutError
             return FetchResult(url, "timeout", error=f"no complete answer within {c.timeout:g}s", final_url=current)
         except http.client.IncompleteRead as exc:
             return FetchResult(url, "truncated", error=f"connection closed after {len(exc.partial)} bytes",
@@ -241,19 +336,18 @@ class Downloader:
             return FetchResult(url, "connection_error", error=f"{type(exc).__name__}: {exc}"[:300], final_url=current)
         finally:
             if conn is not None:
-                conn.close()
+                conn.dispose()
 
-    def _read(self, url: str, final: str, response: http.client.HTTPResponse, conn, deadline: float) -> FetchResult:
+    def _read(self, url: str, final: str, response: http.client.HTTPResponse, deadline: float) -> FetchResult:
         c = self.config
         status = response.status
         if status == 429 or status >= 500:
             raise _Failure("http_retryable", f"HTTP {status} {response.reason}", status)
         if status != 200:
             raise _Failure("http_error", f"HTTP {status} {response.reason}", status)
-        if c.respect_robots and robots_disallow(response.headers.get_all("X-Robots-Tag") or [],
-                                                 c.disallowed_directives):
-            raise _Failure("robots_disallowed", "X-Robots-Tag: " + "; ".join(response.headers.get_all("X-Robots-Tag")),
-                           status)
+        robots = response.headers.get_all("X-Robots-Tag") or []
+        if c.respect_robots and robots_disallow(robots, c.disallowed_directives):
+            raise _Failure("robots_disallowed", "X-Robots-Tag: " + "; ".join(robots), status)
         ctype = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
         if ctype and not ctype.startswith("image/") and ctype not in GENERIC_BINARY_TYPES:
             raise _Failure("not_image", f"content type {ctype!r}", status)
@@ -261,37 +355,32 @@ class Downloader:
         expected = int(length) if length and length.strip().isdigit() else None
         if expected is not None and expected > c.max_bytes:
             raise _Failure("too_large", f"Content-Length {expected} exceeds {c.max_bytes} bytes", status)
-        chunks, total = [], 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout()
-            if conn.sock is not None:
-                conn.sock.settimeout(left)
-            # read1 returns what one socket read gives, so a trickling server still hits the deadline check.
-            chunk = response.read1(65536)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > c.max_bytes:
-                raise _Failure("too_large", f"body exceeds {c.max_bytes} bytes", status)
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        if expected is not None and total < expected:
-            raise _Failure("truncated", f"received {total} of {expected} bytes", status)
-        if image_kind(data) is None:
-            raise _Failure("not_image", f"body is not an image (starts with {data[:12]!r}, type {ctype!r})", status)
+        body, total = io.BytesIO(), 0  # BytesIO hands its buffer to getvalue() without a second copy
+        try:
+            # read1 returns what one socket read gives; every socket read is bounded by the deadline.
+            while chunk := response.read1(65536):
+                if total + len(chunk) > c.max_bytes:
+                    raise _Failure("too_large", f"body exceeds {c.max_bytes} bytes", status)
+                self._hold(len(chunk))
+                total += len(chunk)
+                body.write(chunk)
+            data = body.getvalue()
+            if expected is not None and total < expected:
+                raise _Failure("truncated", f"received {total} of {expected} bytes", status)
+            if image_kind(data) is None:
+                raise _Failure("not_image", f"body is not an image (starts with {data[:12]!r}, type {ctype!r})",
+                               status)
+        except BaseException:
+            self._hold(-total)
+            raise
         return FetchResult(url, "success", data, status, None, ctype or None, final)
 
     # -- many URLs -----------------------------------------------------------------------------------------
     def fetch_many(self, urls: Iterable[str | None]) -> Iterator[FetchResult]:
-        """Results in input order, at most `concurrency` requests in flight (and a bounded read-ahead)."""
-        workers = max(1, int(self.config.concurrency))
-        with cf.ThreadPoolExecutor(workers, thread_name_prefix="x2i-download") as pool:
-            pending: deque[cf.Future] = deque()
-            for url in urls:
-                pending.append(pool.submit(self.fetch, url))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        """Results in input order; at most `concurrency` requests and `concurrency * max_bytes` body bytes held
+        (see x2i.download_run.fetch_ordered)."""
+        return fetch_ordered(self, urls)
+
+    def release(self, result: FetchResult) -> None:
+        """`result`'s body is the caller's now (or garbage): stop counting it as held."""
+        self._hold(-len(result.data or b""))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ def png_bytes(color=(30, 200, 30), size=(40, 40)) -> bytes:
 
 JPEG = jpeg_bytes()
 PNG = png_bytes()
+TRICKLE = 0.5  # seconds per byte of the trickling answers: far below any per-read timeout the tests use
 BIG = jpeg_bytes(size=(64, 48)) + b"\0" * 300_000  # a JPEG header followed by padding: big but image-like
 
 
@@ -99,6 +101,21 @@ class Handler(BaseHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return None
+        if path in ("/trickle-status", "/trickle-headers"):  # 1 byte per TRICKLE seconds, for at most ~20 s
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\n"
+            pad = b"X-Pad: " + b"a" * 30 + b"\r\n"
+            sent_at_once = b"" if path == "/trickle-status" else head
+            trickled = (head if path == "/trickle-status" else b"") + pad
+            try:
+                self.wfile.write(sent_at_once)
+                for i in range(min(len(trickled), int(20 / TRICKLE))):
+                    self.wfile.write(trickled[i:i + 1])
+                    time.sleep(TRICKLE)
+                self.wfile.write(f"Content-Length: {len(JPEG)}\r\nConnection: close\r\n\r\n".encode() + JPEG)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, as it should
+            self.close_connection = True
+            return None
         if path == "/truncated":  # promises more bytes than it sends, then hangs up
             self.send_response(200)
             self.send_header("Content-Type", "image/jpeg")
@@ -153,3 +170,46 @@ class LoopbackServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on (bound, then released): connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SilentServer:
+    """Accepts connections on 127.0.0.1 and never answers: each request can only end at the client's deadline."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.sock.settimeout(0.2)  # so the accept loop sees the stop flag
+        self.accepted: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted.append(conn)
+
+    def __enter__(self) -> "SilentServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
