@@ -187,6 +187,16 @@ def fit_size(width: int, height: int, max_side: int, multiple: int = 16) -> FitT
     return FitTransform(scale if scale != 1.0 else 1.0, (sw - new_w) // 2, (sh - new_h) // 2, new_w, new_h)
 
 
+def source_box(region: tuple[int, int, int, int], t: FitTransform) -> tuple[float, float, float, float]:
+    """The part of `region` that a scaled fit samples from. The scaled size was rounded (558.25 -> 558 px),
+    so the far edge mapped back can overshoot the region by a fraction of a pixel, and PIL refuses a box past
+    the image: clamp it (a sub-pixel change of the sampling grid, never a lost row)."""
+    x0, y0, x1, y1 = region
+    s = t.scale
+    return (x0 + t.crop_left / s, y0 + t.crop_top / s, min(x1, x0 + (t.crop_left + t.width) / s),
+            min(y1, y0 + (t.crop_top + t.height) / s))
+
+
 def fit_pil(im: Image.Image, max_side: int, multiple: int = 16,
             region: tuple[int, int, int, int] | None = None) -> tuple[Image.Image, FitTransform]:
     """Apply the size policy to decoded pixels, or to `region` (x0, y0, x1, y1) of them, in one pass: the
@@ -196,9 +206,7 @@ def fit_pil(im: Image.Image, max_side: int, multiple: int = 16,
     if t.scale == 1.0:
         box = (x0 + t.crop_left, y0 + t.crop_top, x0 + t.crop_left + t.width, y0 + t.crop_top + t.height)
         return (im if box == (0, 0, im.width, im.height) else im.crop(box)), t
-    s = t.scale
-    box = (x0 + t.crop_left / s, y0 + t.crop_top / s, x0 + (t.crop_left + t.width) / s,
-           y0 + (t.crop_top + t.height) / s)
+    box = source_box((x0, y0, x1, y1), t)
     return im.resize((t.width, t.height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0), t
 
 
