@@ -130,9 +130,11 @@ def test_fit_pil_resizes_the_sizes_that_used_to_fail():
     """Real resizes at sizes whose rounding overshoots (e.g. 558 px at max_side 448: 448/0.8025 = 558.25)."""
     from x2i.imageio import fit_pil, fit_size
 
-    big = Image.new("RGB", (2100, 1200), (90, 120, 30))
-    overshooting = [w for w in range(449, 2001) if round(w * (448 / w)) / (448 / w) > w][:50] + [558, 1117, 1999]
+    big = Image.new("RGB", (2010, 1510), (90, 120, 30))
+    overshooting = [w for w in range(449, 2001) if round(w * (448 / w)) / (448 / w) > w][:40] + [558, 1117, 1999]
+    assert len(overshooting) > 10
     for w in overshooting:
-        for region in ((0, 0, w, 600), (9, 5, 9 + w, 605)):
+        h = w * 3 // 4  # the width is the longer side: it sets the scale
+        for region in ((0, 0, w, h), (9, 5, 9 + w, 5 + h)):
             out, t = fit_pil(big, 448, 16, region=region)
-            assert out.size == (t.width, t.height) == (fit_size(w, 600, 448).width, fit_size(w, 600, 448).height)
+            assert out.size == (t.width, t.height) == (fit_size(w, h, 448).width, fit_size(w, h, 448).height)
