@@ -74,6 +74,11 @@ def _read_info(path: Path) -> dict[str, Any]:
 
 def _describe(out: Path, path: Path, info: dict[str, Any]) -> str:
     who = f"pid {info.get('pid', '?')} on host {info.get('host', '?')} since {info.get('started', '?')}"
+    pid = info.get("pid")
+    if info.get("host") == _host() and isinstance(pid, int) and not pid_alive(pid):
+        # The recorded holder is dead yet the flock is taken: a process that inherited its descriptor.
+        return f"{out} was being built by {who}, which is gone, but a process it started still holds {path}; " \
+               "wait for it to exit or kill it"
     return f"{out} is being built by {who}; wait for it or remove {path} if that process is gone"
 
 
