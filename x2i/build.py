@@ -7,6 +7,7 @@ Output dir layout:
     _progress/part-<partition>.json            completion record: a partition is done iff this exists
     _progress/post-*.json, rejects/<step>.parquet  state and ledger of whole-build passes (e.g. dedup)
     manifest.json                              written when every partition is done and the passes ran
+    .x2i-lock, .x2i-lock.workers               while a build runs: its lock (x2i/lock.py), removed at the end
 
 A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at most the partitions in
 flight; a re-run with a different plan is refused rather than mixing two builds in one folder. A re-run of
