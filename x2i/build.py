@@ -7,9 +7,12 @@ Output dir layout:
     _progress/part-<partition>.json            completion record: a partition is done iff this exists
     _progress/post-*.json, rejects/<step>.parquet  state and ledger of whole-build passes (e.g. dedup)
     manifest.json                              written when every partition is done and the passes ran
+    .x2i-lock, .x2i-lock.workers               while a build runs: its lock (x2i/lock.py), removed at the end
 
 A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at most the partitions in
-flight; a re-run with a different plan is refused rather than mixing two builds in one folder.
+flight; a re-run with a different plan is refused rather than mixing two builds in one folder. A re-run of
+a complete build reads and writes nothing but reads (it works on read-only storage). One build at a time
+holds `.x2i-lock` in the folder (x2i/lock.py); a second fails at once naming the holder.
 """
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ from x2i import __version__
 from x2i.builders import make_builder, make_steps
 from x2i.errors import BuildStopped, X2IError, describe_stop, require_modules
 from x2i.executor import make_executor
+from x2i.lock import LOCK_NAMES, BuildLock, DriverGuard, live_holder, locked_error
 from x2i.prompt import problems
 from x2i.recipe import Recipe
 from x2i.sample import SOURCE_TASK, Sample
 from x2i.schema import SCHEMA_VERSION
-from x2i.shards import PartitionWriter, atomic_write_bytes, task_dir_name, write_rejects
+from x2i.shards import (TMP_PREFIX, PartitionWriter, StorageError, atomic_write_bytes, storage_errors,
+                        task_dir_name, write_rejects)
 from x2i.sources import make_source
 from x2i.steps import Context, Step, run_steps
 
@@ -68,6 +73,7 @@ class PartitionJob:
     out_dir: str
     strict: bool = False
     max_error_rate: float = 0.0
+    guard: DriverGuard | None = None  # set by build(): the worker commits only while its driver holds the lock
 
 
 def _record_path(out: Path, index: int) -> Path:
@@ -75,8 +81,9 @@ def _record_path(out: Path, index: int) -> Path:
 
 
 def _clear_partition(out: Path, index: int) -> None:
-    """Remove what an interrupted attempt at this partition may have left (temp or committed files)."""
-    for pattern in (f"part-{index:05d}-*.parquet", f".tmp-part-{index:05d}-*.parquet"):
+    """Remove what an interrupted attempt at this partition may have left (temp or committed files). Only
+    called under the build lock, so no other run's files can be here."""
+    for pattern in (f"part-{index:05d}-*.parquet", f"{TMP_PREFIX}*part-{index:05d}-*.parquet"):
         for path in (out / "data").rglob(pattern) if (out / "data").exists() else []:
             path.unlink()
     (out / "rejects" / f"part-{index:05d}.parquet").unlink(missing_ok=True)
@@ -103,6 +110,8 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
             writer.write(sample)
             ctx.counts[f"rows/{sample.task}"] += 1
         ctx.check_error_budget()
+        if job.guard is not None:
+            job.guard.check()  # the driver died (or lost the lock): commit nothing, a re-run redoes it
         shards = writer.commit()
     except BaseException:
         writer.abort()
@@ -137,11 +146,39 @@ def _quotas(source, partitions: list[Any], limit: int | None) -> list[int | None
     return quotas
 
 
+def _is_foreign(out: Path) -> bool:
+    """A non-empty folder that is not an x2i build (our lock files do not count): never written into."""
+    if (out / PROGRESS / "plan.json").exists() or (out / "manifest.json").exists() or not out.is_dir():
+        return False
+    return any(p.name not in LOCK_NAMES for p in out.iterdir())
+
+
+def _foreign_error(out: Path) -> X2IError:
+    return X2IError(f"{out} exists, is not empty and is not an x2i build; choose another --out")
+
+
+def _remove_dead_temps(out: Path) -> None:
+    """Under the lock (and once earlier workers are gone) every temp file here is a dead run's leftover, e.g.
+    the half shard of a killed worker: remove them so they stop filling the disk."""
+    for folder in (out / "data", out / "rejects", out / PROGRESS):
+        for path in folder.rglob(TMP_PREFIX + "*") if folder.is_dir() else []:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+    for path in out.glob(TMP_PREFIX + "*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
 def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+    """Under the lock: refuse a folder that is not ours or holds another plan, clear it for --overwrite, and
+    write plan.json only when it is not already there (a resumed build rewrites nothing)."""
     plan_path = out / PROGRESS / "plan.json"
+    if _is_foreign(out):
+        raise _foreign_error(out)
     ours = plan_path.exists() or (out / "manifest.json").exists()
     if overwrite and ours:
-        for name in ("data", "rejects", PROGRESS, "manifest.json"):
+        # The manifest first: from this moment the folder no longer claims to hold a complete build.
+        for name in ("manifest.json", "data", "rejects", PROGRESS):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -149,13 +186,32 @@ def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
                 target.unlink()
     elif plan_path.exists():
         previous = json.loads(plan_path.read_text())
-        if previous != plan:
-            changed = sorted(k for k in set(plan) | set(previous) if plan.get(k) != previous.get(k))
-            raise X2IError(f"{out} holds a build of a different plan (changed: {', '.join(changed)}); "
-                           "use --overwrite to replace it or choose another --out")
-    elif out.exists() and any(out.iterdir()) and not ours:
-        raise X2IError(f"{out} exists, is not empty and is not an x2i build; choose another --out")
+        if previous == plan:
+            _remove_dead_temps(out)
+            return
+        changed = sorted(k for k in set(plan) | set(previous) if plan.get(k) != previous.get(k))
+        raise X2IError(f"{out} holds a build of a different plan (changed: {', '.join(changed)}); "
+                       "use --overwrite to replace it or choose another --out")
+    _remove_dead_temps(out)
     atomic_write_bytes(plan_path, json.dumps(plan, indent=1, sort_keys=True).encode())
+
+
+def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of a complete build of this very plan, found by reading only (so a re-run of a finished
+    build is a no-op, also on read-only storage); None when there is anything to do."""
+    try:
+        if not (out / "manifest.json").is_file() or not (out / PROGRESS / "plan.json").is_file():
+            return None
+        if json.loads((out / PROGRESS / "plan.json").read_text()) != plan:
+            return None  # the locked path reports the different plan
+        holder = live_holder(out)
+        if holder is not None:  # e.g. an --overwrite of this folder is running: its manifest is going away
+            raise locked_error(out, holder)
+        return json.loads((out / "manifest.json").read_text())
+    except ValueError:
+        return None  # a damaged plan or manifest: rebuild them under the lock
+    except OSError as exc:
+        raise StorageError.wrap(exc.filename or out, exc) from exc
 
 
 def _records(out: Path, count: int) -> list[dict[str, Any]]:
@@ -282,7 +338,9 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
 
     Stops (BuildStopped, the CLI's exit 2) at the first failure that is not a bad row; finished partitions
     are kept and a re-run resumes. `max_error_rate` lets that share of source rows fail with undeclared
-    errors (counted as `unexpected_error` rejects); `allow_empty` accepts a build that keeps no row."""
+    errors (counted as `unexpected_error` rejects); `allow_empty` accepts a build that keeps no row.
+    Holds the folder's lock throughout; a complete build of the same plan is returned as is (nothing is
+    written). An OSError anywhere (disk full, read-only storage) is raised as one StorageError."""
     if not 0.0 <= max_error_rate < 1.0:
         raise X2IError(f"--max-error-rate must be in [0, 1), got {max_error_rate}")
     out = Path(out_dir)
@@ -291,23 +349,55 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
     labels = [source.label(p) for p in partitions]
     plan = {"recipe": recipe.to_dict(), "partitions": labels, "limit": limit,
             "quotas": _quotas(source, partitions, limit), "schema_version": SCHEMA_VERSION}
-    _prepare_out(out, plan, overwrite)
-    jobs = [PartitionJob(recipe.to_dict(), i, p, labels[i], plan["quotas"][i], str(out), strict, max_error_rate)
-            for i, p in enumerate(partitions) if not _record_path(out, i).exists()]
-    if jobs:
-        _run_jobs(jobs, len(partitions), recipe.name, make_executor(executor, workers, ray_address), strict,
-                  progress, on_partition)
-    records, post_build = run_post_build(recipe, out, _records(out, len(partitions)))
-    manifest = assemble_manifest(out, plan, source.describe(), builder.notes(), records, post_build,
-                                 policy={"max_error_rate": max_error_rate, "allow_empty": allow_empty})
+    manifest = None if overwrite else _finished(out, plan)
+    if manifest is None:
+        manifest = _build_locked(recipe, out, plan, partitions, builder, source, overwrite, progress,
+                                 on_partition, _RunPolicy(executor, workers, ray_address, strict, max_error_rate,
+                                                          allow_empty))
     if not allow_empty:
         check_not_empty(manifest, out)
     return manifest
 
 
-def _run_jobs(jobs: list[PartitionJob], total: int, name: str, runner, strict: bool, progress: bool,
-              on_partition) -> None:
-    """Run the pending partitions; the first failure stops the build (the others in flight are cancelled)."""
+@dataclass
+class _RunPolicy:
+    executor: str
+    workers: int
+    ray_address: str | None
+    strict: bool
+    max_error_rate: float
+    allow_empty: bool
+
+
+def _build_locked(recipe: Recipe, out: Path, plan: dict[str, Any], partitions: list[Any], builder, source,
+                  overwrite: bool, progress: bool, on_partition, run: _RunPolicy) -> dict[str, Any]:
+    labels = plan["partitions"]
+    with storage_errors(out):
+        if _is_foreign(out):  # checked before the lock too, so a stranger's folder never gets a lock file
+            raise _foreign_error(out)
+    try:
+        with BuildLock(out) as lock:
+            _prepare_out(out, plan, overwrite)
+            jobs = [PartitionJob(recipe.to_dict(), i, p, labels[i], plan["quotas"][i], str(out), run.strict,
+                                 run.max_error_rate, lock.guard)
+                    for i, p in enumerate(partitions) if not _record_path(out, i).exists()]
+            _run_jobs(jobs, len(partitions), recipe.name, run, progress, on_partition, lock.guard)
+            records, post_build = run_post_build(recipe, out, _records(out, len(partitions)))
+            return assemble_manifest(out, plan, source.describe(), builder.notes(), records, post_build,
+                                     policy={"max_error_rate": run.max_error_rate, "allow_empty": run.allow_empty})
+    except StorageError:
+        raise
+    except OSError as exc:  # plan, records, post-build passes, manifest: one line, not a traceback
+        raise StorageError.wrap(exc.filename or out, exc) from exc
+
+
+def _run_jobs(jobs: list[PartitionJob], total: int, name: str, run: _RunPolicy, progress: bool, on_partition,
+              guard: DriverGuard) -> None:
+    """Run the pending partitions; the first failure stops the build (finished partitions are kept, the ones
+    in flight are cancelled): a failure that is not a bad row will fail the other partitions alike."""
+    if not jobs:
+        return
+    runner = make_executor(run.executor, run.workers, run.ray_address, guard=guard)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -317,7 +407,7 @@ def _run_jobs(jobs: list[PartitionJob], total: int, name: str, runner, strict: b
     try:
         for job, record, error in runner.map_unordered(run_partition, jobs):
             if error is not None:
-                if strict:
+                if run.strict or isinstance(error, StorageError):
                     raise error
                 raise BuildStopped(describe_stop(error, f"partition {job.index} ({job.label})")
                                    + " (finished partitions are kept; re-run the same command to resume)")

@@ -1,15 +1,29 @@
 """Executors run one function over many partition jobs. Local runs them in this process (or a process pool);
 Ray runs each as a Ray task (x2i/ray_executor.py, the only module that imports Ray). Both give identical rows
 because each job does all of its own work and writes its own shards.
+
+Workers never outlive the driver: pool workers get SIGKILL when it dies (Linux PR_SET_PDEATHSIG) and, on any
+platform, a watchdog thread exits them when their parent changes. With a `guard` (x2i.lock.DriverGuard)
+every worker also holds the output folder's workers lock while it runs, so a new build waits them out.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from x2i.errors import X2IError
+
+PR_SET_PDEATHSIG = 1
+WATCHDOG_S = 0.25
+_held_fds: list[int] = []  # the workers-lock descriptor of a pool worker, open for its whole life
 
 
 class Executor:
@@ -21,11 +35,39 @@ class Executor:
         pass
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; a no-op elsewhere (the watchdog covers it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no usable libc/prctl: the watchdog thread still applies
+        pass
+
+
+def _watch_parent(driver_pid: int) -> None:
+    while True:
+        time.sleep(WATCHDOG_S)
+        if os.getppid() != driver_pid:
+            os._exit(1)  # the driver is gone: stop now, never commit for it (its re-run redoes our partition)
+
+
+def _worker_init(driver_pid: int, guard: Any) -> None:
+    _die_with_parent()
+    if os.getppid() != driver_pid:  # the driver died before PDEATHSIG was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(driver_pid,), name="x2i-parent-watchdog", daemon=True).start()
+    if guard is not None:
+        _held_fds.append(guard.hold_workers())
+
+
 class LocalExecutor(Executor):
     """workers == 1: in this process, in order. workers > 1: a spawned process pool on this machine."""
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, guard: Any = None):
         self.workers = max(1, int(workers))
+        self.guard = guard
 
     def map_unordered(self, fn, jobs):
         if self.workers == 1:
@@ -39,7 +81,8 @@ class LocalExecutor(Executor):
                     continue
                 yield job, result, None
             return
-        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_worker_init, initargs=(os.getpid(), self.guard)) as pool:
             futures = {pool.submit(fn, job): job for job in jobs}
             try:
                 for fut in cf.as_completed(futures):
@@ -51,13 +94,14 @@ class LocalExecutor(Executor):
                 raise
 
 
-def make_executor(name: str, workers: int = 1, address: str | None = None) -> Executor:
+def make_executor(name: str, workers: int = 1, address: str | None = None, guard: Any = None) -> Executor:
+    """`guard`: the build's x2i.lock.DriverGuard (optional, so the executors stay usable on their own)."""
     if name == "local":
         if address:
             raise X2IError("--ray-address needs --executor ray")
-        return LocalExecutor(workers)
+        return LocalExecutor(workers, guard)
     if name == "ray":
         from x2i.ray_executor import RayExecutor
 
-        return RayExecutor(workers, address)
+        return RayExecutor(workers, address, guard)
     raise X2IError(f"unknown executor {name!r}; use local or ray")

@@ -3,11 +3,17 @@
 A partition's samples go to `data/<task>/part-<partition>-<k>.parquet`. Shards are written under a hidden
 temporary name, fsynced, and renamed into place only when the whole partition is finished, so a crash or
 Ctrl-C never leaves a half shard where a reader (or `datasets`) would pick it up.
+
+Every OSError while writing (disk full, read-only storage) surfaces as one `StorageError` naming the file,
+and the temp files of the failed write are removed so a full disk does not stay full.
 """
 from __future__ import annotations
 
+import contextlib
+import errno as errno_names
 import hashlib
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +22,70 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from x2i.errors import X2IError
 from x2i.safepath import confined, safe_relpath
 from x2i.sample import Reject, Sample
 from x2i.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
 
 TMP_PREFIX = ".tmp-"
+
+
+def temp_path(path: Path) -> Path:
+    """A hidden temp name next to `path`, unique per process and call, so two writers (a retried Ray task, a
+    worker of a killed build) never write into one temp file and a dead run's leftovers are recognisable."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+class StorageError(X2IError, OSError):
+    """An OSError while reading or writing the output (disk full, read-only, permissions), as one line naming
+    the file and the errno text. Also an OSError, so code that handles OSError still does."""
+
+    def __init__(self, path: object, code: int | None, strerror: str | None):
+        super().__init__(code, strerror)
+        self.path = str(path)
+
+    @classmethod
+    def wrap(cls, path: object, exc: OSError) -> StorageError:
+        return exc if isinstance(exc, StorageError) else cls(path, exc.errno, exc.strerror or str(exc))
+
+    def __reduce__(self):  # keeps path and errno across process pools and Ray
+        return (type(self), (self.path, self.errno, self.strerror))
+
+    def __str__(self) -> str:
+        name = errno_names.errorcode.get(self.errno) if self.errno else None
+        return f"{self.path}: {self.strerror}" + (f" ({name})" if name else "")
+
+
+@contextlib.contextmanager
+def storage_errors(path: object) -> Iterator[None]:
+    """Turn an OSError raised inside into a StorageError naming `path`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        raise StorageError.wrap(path, exc) from exc
+
+
+def _close_quietly(closeable: Any) -> None:
+    """Close a writer or file on the way out of a failed write, so its descriptor (and, once unlinked, its
+    disk space) is released. Its own error is dropped: on a full disk closing fails too, and the error that
+    made us give up is the one to report."""
+    if closeable is None:
+        return
+    try:
+        closeable.close()
+    except (OSError, pa.ArrowException):
+        pass
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Cleanup after a failed write: a temp we cannot remove (storage gone read-only) must not replace the
+    error being reported; the next build's lock takeover removes dead temps."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def task_dir_name(task: str) -> str:
@@ -51,14 +116,19 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a small file atomically (temp + fsync + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a small file atomically (temp + fsync + rename); on failure no temp is left behind."""
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
     fsync_dir(path.parent)
 
 
@@ -110,27 +180,29 @@ def rewrite_shard(path: Path, drop_ids: set[str]) -> int:
     present = set(pf.read(columns=["id"]).column("id").to_pylist())
     if not present & drop_ids:
         return pf.metadata.num_rows
-    tmp = path.with_name(TMP_PREFIX + path.name)
+    tmp = temp_path(path)
     drop = pa.array(sorted(drop_ids), pa.string())
     writer, kept = None, 0
-    try:
-        for i in range(pf.num_row_groups):
-            table = pf.read_row_group(i).replace_schema_metadata(SCHEMA.metadata)
-            table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=drop)))
-            if table.num_rows:
-                writer = writer or open_shard_writer(tmp)
-                writer.write_table(table, row_group_size=table.num_rows)
-                kept += table.num_rows
-        if writer is not None:
-            writer.close()
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            path.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with storage_errors(path):
+        try:
+            for i in range(pf.num_row_groups):
+                table = pf.read_row_group(i).replace_schema_metadata(SCHEMA.metadata)
+                table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=drop)))
+                if table.num_rows:
+                    writer = writer or open_shard_writer(tmp)
+                    writer.write_table(table, row_group_size=table.num_rows)
+                    kept += table.num_rows
+            if writer is not None:
+                writer.close()
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                path.unlink()
+        except BaseException:
+            _close_quietly(writer)
+            _unlink_quietly(tmp)
+            raise
     fsync_dir(path.parent)
     return kept
 
@@ -164,11 +236,10 @@ class _TaskShards:
         # The path checked is the path written: confined() returns it only once it is proven under out_dir.
         final = confined(self.out_dir, "data", task_dir_name(self.task),
                          f"part-{self.partition:05d}-{self.index:03d}.parquet")
+        self.current = (temp_path(final), final)  # before opening: abort() removes it whatever fails next
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(TMP_PREFIX + final.name)
-        self.sink = HashingSink(tmp)
+        self.sink = HashingSink(self.current[0])
         self.writer = open_shard_writer(pa.PythonFile(self.sink, mode="w"))
-        self.current = (tmp, final)
         self.rows = 0
         self.index += 1
 
@@ -204,12 +275,21 @@ class _TaskShards:
         self._close()
         return self.done
 
+    @property
+    def where(self) -> Path:
+        """The shard being written, for error messages."""
+        if self.current is not None:
+            return self.current[1]
+        return self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
+
     def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.sink.file.close()
+        """Remove every temp file, even when closing fails (on a full disk the footer write fails again)."""
+        _close_quietly(self.writer)
+        if self.sink is not None:
+            _close_quietly(self.sink.file)
         for tmp in [d[0] for d in self.done] + ([self.current[0]] if self.current else []):
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
+        self.writer, self.sink, self.current, self.done = None, None, None, []
 
 
 class PartitionWriter:
@@ -219,29 +299,40 @@ class PartitionWriter:
         self.out_dir, self.partition = Path(out_dir), partition
         self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
         self.tasks: dict[str, _TaskShards] = {}
+        self.committed: list[Path] = []  # renamed into place by a commit that has not finished
 
     def write(self, sample: Sample) -> None:
         shards = self.tasks.get(sample.task)
         if shards is None:
             shards = self.tasks[sample.task] = _TaskShards(self.out_dir, sample.task, self.partition,
                                                            self.rows_per_group, self.max_bytes)
-        shards.add(sample_to_row(sample))
+        with storage_errors(shards.where):
+            shards.add(sample_to_row(sample))
 
     def commit(self) -> list[ShardInfo]:
         """Close, fsync and rename every shard into place; return what was written."""
         infos = []
         for task in sorted(self.tasks):
-            shards = self.tasks[task].finish()
+            with storage_errors(self.tasks[task].where):
+                shards = self.tasks[task].finish()
             for tmp, final, rows, size, sha in shards:
-                os.replace(tmp, final)
+                with storage_errors(final):
+                    os.replace(tmp, final)
+                self.committed.append(final)
                 infos.append(ShardInfo(str(final.relative_to(self.out_dir)), task, rows, size, sha, self.partition))
             if shards:
                 fsync_dir(shards[0][1].parent)
+        self.committed = []
         return infos
 
     def abort(self) -> None:
+        """Remove this partition's temp files, and the shards of a commit that failed half-way: without its
+        completion record a partition's shards are not output, and a reader must not pick them up."""
         for shards in self.tasks.values():
             shards.abort()
+        for final in self.committed:
+            _unlink_quietly(final)
+        self.committed = []
 
 
 REJECT_SCHEMA = pa.schema([
@@ -256,10 +347,18 @@ def write_rejects(path: Path, rejects: list[Reject]) -> None:
 
     rows = [{"reason": r.reason, "source": r.source, "source_key": r.source_key, "task": r.task, "step": r.step,
              "detail": r.detail, "meta": json.dumps(r.meta, ensure_ascii=False, sort_keys=True)} for r in rejects]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), tmp)
-    os.replace(tmp, path)
+    table = pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
 
 
 def shard_files(root: Path) -> list[Path]:
