@@ -47,9 +47,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     esac
   done
   log "installing ${#WHEELS[@]} wheels from .whl/ into $SITE"
-  # A failed install is not fatal: the sections that need a missing package record the error themselves.
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "${WHEELS[@]}" || log "WARNING: wheel install failed; going on with what the machine has"
+  if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "${WHEELS[@]}"; then
+    # No pip in that venv (uv makes venvs without it): a wheel is a zip of its site-packages files, and none
+    # of these needs more than unpacking. A failure here is not fatal either: the sections that need a
+    # missing package record the error themselves.
+    log "pip install failed; unpacking the wheels into $SITE instead"
+    "$PYTHON" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' \
+      "$SITE" "${WHEELS[@]}" || log "WARNING: could not unpack the wheels; going on with what the machine has"
+  fi
 fi
 
 # 2. x2i from the checkout. pyproject maps builders/ annotators/ model/ manifests/ to x2i.builders etc., so the
