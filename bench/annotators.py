@@ -101,7 +101,10 @@ def weight_free(n: int, repeat: int) -> None:
         print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.2f} |")
 
 
-def models(device: str, batches: list[int], n: int, size: int, names: list[str]) -> None:
+def models(device: str, batches: list[int], n: int, size: int, names: list[str], weights_size: str = "real",
+           json_path: str | None = None) -> None:
+    import json
+
     import torch
 
     from x2i.annotators import create, random_weights
@@ -109,12 +112,13 @@ def models(device: str, batches: list[int], n: int, size: int, names: list[str])
     images = _images(n, size)
     print(f"\n{n} images of {size}x{size} on {device} "
           f"({torch.cuda.get_device_name() if device.startswith('cuda') else f'{torch.get_num_threads()} threads'}), "
-          "random weights at real architecture size\n")
+          f"random weights at {weights_size} architecture size\n")
     print("| annotator | " + " | ".join(f"batch {b} img/s" for b in batches) + " |")
     print("|---|" + "---|" * len(batches))
+    results = {"device": device, "images": n, "size": size, "weights": weights_size, "images_per_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            d = random_weights.write(name, f"{tmp}/{name}", size="real")
+            d = random_weights.write(name, f"{tmp}/{name}", size=weights_size)
             cells = []
             for b in batches:
                 ann = create(name, device=device, weights=str(d), batch_size=b)
@@ -135,6 +139,10 @@ def models(device: str, batches: list[int], n: int, size: int, names: list[str])
                 cells.append(f"{n / (time.perf_counter() - t):.2f}")
                 del ann
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+            results["images_per_s"][name] = {f"batch_{b}": float(c) for b, c in zip(batches, cells)}
+            if json_path:  # after every annotator, so a run cut short still leaves the first ones
+                with open(json_path, "w") as f:
+                    json.dump(results, f, indent=1)
 
 
 def main() -> None:
@@ -149,11 +157,15 @@ def main() -> None:
     m.add_argument("--images", type=int, default=32)
     m.add_argument("--size", type=int, default=512)
     m.add_argument("--names", default="hed,depth_midas,depth_anything,depth_dpt,openpose,seg_upernet,sam")
+    m.add_argument("--weights-size", default="real", choices=["real", "tiny"],
+                   help="tiny: shrunken transformers configs (smoke runs; controlnet_aux networks stay full size)")
+    m.add_argument("--json", default=None, help="also write the figures here")
     a = ap.parse_args()
     if a.what == "weight-free":
         weight_free(a.images, a.repeat)
     else:
-        models(a.device, [int(b) for b in a.batch.split(",")], a.images, a.size, a.names.split(","))
+        models(a.device, [int(b) for b in a.batch.split(",")], a.images, a.size, a.names.split(","), a.weights_size,
+               a.json)
 
 
 if __name__ == "__main__":

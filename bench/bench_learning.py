@@ -97,6 +97,11 @@ def main() -> None:
     ap.add_argument("--retrain", action="store_true", help="train again even when WORK/run holds a model")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="passed to x2i train --set (repeatable), e.g. codec.pca_factor=4")
+    ap.add_argument("--device", default=None,
+                    help="train and generate here (default: training picks CUDA when present, generation on CPU)")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="build from the first N source records of each task only (smoke runs)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = ap.parse_args()
 
     work = args.work.resolve()
@@ -107,7 +112,8 @@ def main() -> None:
     for task in ("shapes-text-to-image", "shapes-image-edit"):
         out = work / "out" / task
         if not (out / "manifest.json").is_file():
-            times[f"build {task}"] = run(x2i + ["build", "--task", task, "--out", str(out), "-q"], work, env)
+            limit = ["--limit", str(args.limit)] if args.limit else []
+            times[f"build {task}"] = run(x2i + ["build", "--task", task, "--out", str(out), "-q"] + limit, work, env)
     print("checker on the built text-to-image rows:", checker_on_data(work / "out" / "shapes-text-to-image"))
 
     run_dir = work / "run"
@@ -119,6 +125,8 @@ def main() -> None:
                      "--set", f"seed={args.seed}"]
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
+        if args.device:
+            cmd += ["--set", f"device={args.device}"]
         for item in args.overrides:
             cmd += ["--set", item]
         times["train"] = run(cmd, work, env)
@@ -129,7 +137,7 @@ def main() -> None:
     from x2i.model.trained import load_trained
 
     t0 = time.perf_counter()
-    pipe = load_trained(run_dir / args.model_dir, device="cpu")
+    pipe = load_trained(run_dir / args.model_dir, device=args.device or "cpu")
     texts = prompts(args.prompts, args.prompt_seed)
     images = []
     for start in range(0, len(texts), 32):
@@ -147,6 +155,8 @@ def main() -> None:
                        "mix": steps_log[-1]["mix"]}
     save_grid(images, texts, verdicts, work / "grid.png")
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
     print(f"grid: {work / 'grid.png'}")
 
 

@@ -54,13 +54,14 @@ def peak_flops(device: str, override: float | None) -> float | None:
     return None
 
 
-def build_data(work: Path) -> Path:
-    """The text-to-image recipe on the embedded sample, as shipped: 512 px shapes scenes and package photos."""
+def build_data(work: Path, limit: int | None = None) -> Path:
+    """The text-to-image recipe on the embedded sample, as shipped: 512 px shapes scenes and package photos
+    (the first `limit` source records only, for a quick smoke run)."""
     out = work / "t2i"
     if not (out / "manifest.json").is_file():
         env = {**os.environ, "X2I_CACHE": os.environ.get("X2I_CACHE", str(work / "cache"))}
         subprocess.run([sys.executable, "-m", "x2i.cli.main", "build", "--task", "text-to-image", "--out", str(out),
-                        "-q"], check=True, env=env)
+                        "-q"] + (["--limit", str(limit)] if limit else []), check=True, env=env)
     mix = work / "mix.yaml"
     mix.write_text(f"name: bench\nseed: 0\ndatasets:\n  - {{path: {out}}}\n")
     return mix
@@ -116,6 +117,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--work", type=Path, default=Path("/tmp/x2i-bench-throughput"))
+    ap.add_argument("--limit", type=int, default=None, help="build from the first N source records only (smoke runs)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results (a list, one per setting) here")
     ap.add_argument("--loader-only", action="store_true",
                     help="only the loader's samples/s, for 0..--workers worker processes (no model steps)")
     args = ap.parse_args()
@@ -127,7 +130,7 @@ def main() -> None:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    mix = build_data(work)
+    mix = build_data(work, args.limit)
     if args.loader_only:
         return loader_table(args, mix)
     warmup = args.warmup if args.warmup is not None else max(1, args.steps // 4)
@@ -171,11 +174,13 @@ def main() -> None:
                   "data_wait_frac": round(sum(r["data_wait_frac"] for r in log) / len(log), 4),
                   "loader_only_samples_per_s": round(loader_sps, 1), "wall_s": round(wall, 1)}
         if peak:
-            result["mfu"] = round(flops_per_token * tokens_per_s / peak, 4)
+            result["mfu"], result["peak_tflops"] = round(flops_per_token * tokens_per_s / peak, 4), peak / 1e12
         if args.device.startswith("cuda"):
             result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         results.append(result)
         print(json.dumps(result), flush=True)
+        if args.json:  # after every setting, so a run cut short still leaves the first
+            args.json.write_text(json.dumps(results, indent=1))
         del trainer
     print("| checkpointing | tokens/s | samples/s | MFU | data wait | loader alone (samples/s) |")
     print("|---|---|---|---|---|---|")

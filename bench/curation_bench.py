@@ -19,7 +19,7 @@ import torch
 
 from x2i.curation.dedup import sample_hashes
 from x2i.curation.models import pick_device
-from x2i.curation.random_weights import model_cfg_of, save_random_clip, save_random_predictor
+from x2i.curation.random_weights import TINY_CLIP, model_cfg_of, save_random_clip, save_random_predictor
 from x2i.curation.scores import AestheticParams, AestheticStep, ClipScoreParams, ClipScoreStep
 from x2i.imageio import load
 from x2i.sample import Sample
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=96)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("--arch", default="ViT-B-32", help="an open_clip architecture, or tiny (1 layer, smoke runs)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--repeat", type=int, default=2)
@@ -75,7 +75,7 @@ def main() -> None:
                      "arch": a.arch, "images": a.images, "image_size": a.size, "batch": a.batch,
                      "torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = model_cfg_of(a.arch)
+        cfg = TINY_CLIP if a.arch == "tiny" else model_cfg_of(a.arch)
         clip_dir = save_random_clip(Path(tmp) / "clip", cfg)
         pred = save_random_predictor(Path(tmp) / "pred.pth", cfg["embed_dim"])
         common = dict(device=a.device, precision=a.precision)

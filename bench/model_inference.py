@@ -66,6 +66,32 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
     return model.eval()
 
 
+def diffusers_pipeline(model: OmniGen, autoencoder, tmp: Path, device: torch.device):
+    """diffusers' OmniGenPipeline on the very same weights, VAE and tokenizer as ours."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, OmniGenTransformer2DModel
+    from diffusers import OmniGenPipeline as DiffusersOmniGenPipeline
+    from transformers import PreTrainedTokenizerFast
+
+    with torch.device("meta"):
+        transformer = OmniGenTransformer2DModel(**to_diffusers_kwargs(model.config))
+    transformer.load_state_dict(to_diffusers_state_dict(model.state_dict(), model.config), assign=True)
+    transformer.patch_embedding.pos_embed = model.pos_embed.clone()
+    transformer.rope = type(transformer.rope)(
+        model.config.head_dim, max_position_embeddings=model.config.max_position_embeddings,
+        original_max_position_embeddings=model.config.original_max_position_embeddings,
+        base=int(model.config.rope_theta),
+        rope_scaling={"short_factor": model.config.rope_short_factor,
+                      "long_factor": model.config.rope_long_factor}).to(device)
+    # OmniGen's schedule in diffusers' terms: t = sigma runs 0 -> 1, unscaled.
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, invert_sigmas=True)
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tmp / "tokenizer" / "tokenizer.json"),
+                                           bos_token="<s>")
+    pipe = DiffusersOmniGenPipeline(transformer=transformer.eval(), scheduler=scheduler, vae=autoencoder,
+                                    tokenizer=hf_tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -123,29 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
     common = dict(height=args.size, width=args.size, steps=args.steps, seed=args.seed)
     cases = {"text_to_image": (PROMPT, None), "one_input_image": (EDIT_PROMPT, [photo])}
 
-    theirs = None
+    theirs, diffusers_error = None, None
     if with_diffusers:
-        from diffusers import FlowMatchEulerDiscreteScheduler, OmniGenTransformer2DModel
-        from diffusers import OmniGenPipeline as DiffusersOmniGenPipeline
-        from transformers import PreTrainedTokenizerFast
-
-        with torch.device("meta"):
-            transformer = OmniGenTransformer2DModel(**to_diffusers_kwargs(model.config))
-        transformer.load_state_dict(to_diffusers_state_dict(model.state_dict(), model.config), assign=True)
-        transformer.patch_embedding.pos_embed = model.pos_embed.clone()
-        transformer.rope = type(transformer.rope)(
-            model.config.head_dim, max_position_embeddings=model.config.max_position_embeddings,
-            original_max_position_embeddings=model.config.original_max_position_embeddings,
-            base=int(model.config.rope_theta),
-            rope_scaling={"short_factor": model.config.rope_short_factor,
-                          "long_factor": model.config.rope_long_factor}).to(device)
-        # OmniGen's schedule in diffusers' terms: t = sigma runs 0 -> 1, unscaled.
-        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, invert_sigmas=True)
-        hf_tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tmp / "tokenizer" / "tokenizer.json"),
-                                               bos_token="<s>")
-        theirs = DiffusersOmniGenPipeline(transformer=transformer.eval(), scheduler=scheduler, vae=autoencoder,
-                                          tokenizer=hf_tokenizer)
-        theirs.set_progress_bar_config(disable=True)
+        try:
+            theirs = diffusers_pipeline(model, autoencoder, tmp, device)
+        except Exception as e:  # the comparison is optional: our figures still count without it
+            diffusers_error = f"setting up diffusers' pipeline failed: {type(e).__name__}: {e}"
+            print(diffusers_error, flush=True)
 
     def run_ours(prompt, images, steps=None, guidance=2.5):
         return ours(prompt, images, **{**common, **({"steps": steps} if steps else {})}, guidance_scale=guidance,
@@ -161,21 +171,40 @@ def main(argv: list[str] | None = None) -> dict:
                "threads": torch.get_num_threads(), "preset": args.preset, "size": args.size, "steps": args.steps,
                "dtype": str(dtype).replace("torch.", ""), "vae": vae_kind,
                "params": sum(p.numel() for p in model.parameters()), "cases": {}}
+    if diffusers_error:
+        results["diffusers_error"] = diffusers_error
+
+    def try_theirs(case, fn):
+        """fn() while diffusers still works; on its first failure (e.g. out of memory) record why and go on
+        timing ours alone."""
+        nonlocal theirs
+        if theirs is None:
+            return None
+        try:
+            return fn()
+        except Exception as e:
+            theirs, results["diffusers_error"] = None, f"{case}: {type(e).__name__}: {e}"[:2000]
+            print(results["diffusers_error"], flush=True)
+            return None
+
+    def save():  # after every case, so a run cut short by a time limit still leaves its figures
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+
     for case, (prompt, images) in cases.items():
         run_ours(prompt, images, steps=2)  # warm-up (kernels, allocator)
-        if theirs is not None:
-            run_theirs(prompt, images, steps=2)
+        try_theirs(case, lambda: run_theirs(prompt, images, steps=2))
         # Interleaved repeats, best of each: robust to other work on a shared machine.
         ours_runs, their_runs = [], []
         for _ in range(args.repeats):
             ours_runs.append(timed(device, lambda: run_ours(prompt, images)))
-            if theirs is not None:
-                their_runs.append(timed(device, lambda: run_theirs(prompt, images)))
+            their_runs.append(try_theirs(case, lambda: timed(device, lambda: run_theirs(prompt, images))))
+        their_runs = [r for r in their_runs if r is not None]
         seconds, cpu_seconds, peak, image = min(ours_runs, key=lambda r: r[0])
         entry = {"ours_s": round(seconds, 3), "ours_cpu_s": round(min(r[1] for r in ours_runs), 3),
                  "ours_peak_gib": None if peak is None else round(peak, 2),
                  "ours_runs_s": [round(r[0], 3) for r in ours_runs]}
-        if theirs is not None:
+        if their_runs:
             their_seconds, _, their_peak, their_image = min(their_runs, key=lambda r: r[0])
             their_cpu = min(r[1] for r in their_runs)
             entry.update(diffusers_s=round(their_seconds, 3), diffusers_cpu_s=round(their_cpu, 3),
@@ -185,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
                          max_abs_diff=round(float((image.float().cpu() - their_image.float().cpu()).abs().max()), 4))
         results["cases"][case] = entry
         print(case, json.dumps(entry), flush=True)
+        save()
     if theirs is not None:
         # Same computation? Text-to-image at guidance 1 (the conditional branch alone) must agree. At other
         # scales they part: diffusers applies sample 0's rotary angles to the whole padded CFG batch, so its
@@ -193,11 +223,12 @@ def main(argv: list[str] | None = None) -> dict:
         # diffusers' batched branches and our separate ones pick the same factors.
         common.update(height=128, width=128)
         args.size = 128
-        check = (run_ours(PROMPT, None, steps=2, guidance=1.0) - run_theirs(PROMPT, None, steps=2, guidance=1.0))
-        results["check_text_to_image_guidance1_max_abs_diff"] = round(float(check.abs().max()), 6)
+        theirs_check = try_theirs("check", lambda: run_theirs(PROMPT, None, steps=2, guidance=1.0))
+        if theirs_check is not None:
+            check = run_ours(PROMPT, None, steps=2, guidance=1.0) - theirs_check
+            results["check_text_to_image_guidance1_max_abs_diff"] = round(float(check.abs().max()), 6)
     print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    save()
     return results
 
 
