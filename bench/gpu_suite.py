@@ -306,6 +306,8 @@ def main() -> None:
     ap.add_argument("--preflight", action="store_true", help=argparse.SUPPRESS)  # the first section, in its own process
     ap.add_argument("--start", type=float, default=None, help="epoch seconds the suite started (gpu_suite.sh)")
     ap.add_argument("--budget", type=float, default=None, help="seconds for the whole suite (default 510 GPU, 420 smoke)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run (preflight always runs), e.g. to "
+                    "rerun the failed ones of a run: --only train_throughput,curation")
     args = ap.parse_args()
     if args.preflight:
         return preflight(args.out)
@@ -319,6 +321,9 @@ def main() -> None:
     python = sys.executable
     proofs, how = learning_proofs(python)
     secs = sections(args.smoke, out, proofs)
+    if args.only:
+        wanted = {"preflight", *args.only.split(",")}
+        secs = [s for s in secs if s.name in wanted or s.name.split(":")[0] in wanted]
     report: dict = {"suite": {"smoke": args.smoke, "budget_s": budget, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "python": python, "learning_proofs": [p or "default" for p in proofs],
                               "learning_proofs_found": how},

@@ -68,4 +68,4 @@ export PYTHONPATH="$SHIM:$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # (From $TMP: `python -c` puts the cwd first on sys.path, and the checkout's bare x2i/ would win there.)
 log "python: $(cd "$TMP" && "$PYTHON" -c 'import sys, x2i; print(sys.executable, sys.version.split()[0], "x2i from", x2i.__path__[0])')"
 
-"$PYTHON" bench/gpu_suite.py "${SMOKE[@]}" --out "$OUT" --start "$SUITE_START"
+"$PYTHON" bench/gpu_suite.py "${SMOKE[@]}" --out "$OUT" --start "$SUITE_START" ${X2I_GPU_ONLY:+--only "$X2I_GPU_ONLY"}

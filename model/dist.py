@@ -48,6 +48,8 @@ def init_distributed(strategy: str, backend: str | None, device: str | None) -> 
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
+        if dev.index is None:  # "cuda": this process's GPU (set_device refuses a device without an index)
+            dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if strategy != "none" and not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if dev.type == "cuda" else "gloo"))

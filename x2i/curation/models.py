@@ -167,7 +167,10 @@ class ClipModel:
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(spec)
         self.device = device
-        self.dtype = next(self.model.parameters()).dtype
+        # The dtype the image tower computes in: open_clip's fp16/bf16 keep some parameters (class embedding,
+        # logit scale) in fp32, so the first parameter can be fp32 while the convolutions are half.
+        self.dtype = next(m.weight.dtype for m in self.model.visual.modules()
+                          if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
         self.embed_dim = int(self.model.text_projection.shape[1]) if getattr(self.model, "text_projection", None) \
             is not None else None
         self._torch = torch
