@@ -56,7 +56,7 @@ def test_placeholder_mismatch_is_a_user_error(tiny_dir, tmp_path):
 
 def test_generate_with_a_pixel_codec_checkpoint(tmp_path):
     """A tiny model that uses no pretrained VAE at all (what issue 6 trains on CPU) generates through the CLI."""
-    from x2i.model.tiny import make_tiny_checkpoint
+    from x2i.model.testing.tiny import make_tiny_checkpoint
 
     root = make_tiny_checkpoint(tmp_path / "pixel", pixel_codec_factor=2)
     result = _generate(root, tmp_path / "p.png", "--height", "16", "--width", "24")

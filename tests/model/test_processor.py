@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from x2i.errors import X2IError
-from x2i.model.processor import DEFAULT_NEGATIVE_PROMPT, TEMPLATE_PREFIX, fit_image
+from x2i.model.inference.processor import DEFAULT_NEGATIVE_PROMPT, TEMPLATE_PREFIX, fit_image
 
 
 def _image(w, h, seed=0):

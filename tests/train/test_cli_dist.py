@@ -46,7 +46,7 @@ def test_x2i_train_runs_and_records_its_config(built, tmp_path):
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
     assert (run / "final" / "vae" / "pixel_codec.json").is_file()
     # The exported folder is an ordinary checkpoint: the model's own pipeline loads it and generates.
-    from x2i.model.pipeline import OmniGenPipeline
+    from x2i.model.inference.pipeline import OmniGenPipeline
 
     pipe = OmniGenPipeline.from_pretrained(run / "final", device="cpu")
     image = pipe("A small red circle on a plain background.", height=32, width=32, steps=2, seed=0)[0]

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from x2i.model.mix import load_mix
-from x2i.model.patch_pca import PatchPCACodec, sample_images
-from x2i.model.shapes_check import accuracy, check, parse_prompt
+from x2i.model.codecs.patch_pca import PatchPCACodec
+from x2i.model.testing.shapes_check import accuracy, check, parse_prompt
+from x2i.model.training.codec import sample_images
+from x2i.model.training.mix import load_mix
 from x2i.shapes.world import COLORS, SHAPES, make_scene
 
 from train_helpers import write_mix
@@ -61,7 +62,7 @@ def test_patch_pca_codec_round_trip(datasets, tmp_path):
     loaded = PatchPCACodec.load(codec.save(tmp_path / "codec"))
     assert torch.equal(loaded.encode(images), z) and loaded.fingerprint() == codec.fingerprint()
     # A trained model folder keeps it in vae/: the loader `x2i generate` uses must read it too.
-    from x2i.model.vae import load_vae
+    from x2i.model.codecs import load_codec as load_vae
 
     assert torch.equal(load_vae(tmp_path / "codec").encode(images), z)
     plain = PatchPCACodec.fit(images, factor=4, components=12, whiten=False)
@@ -70,9 +71,9 @@ def test_patch_pca_codec_round_trip(datasets, tmp_path):
 
 
 def test_tokenizer_fitted_to_the_mix(datasets, tmp_path):
-    from x2i.model.fit_tokenizer import fit_tokenizer, mix_instructions
-    from x2i.model.processor import Processor
-    from x2i.model.tokenizer import build_tiny_tokenizer
+    from x2i.model.training.fit_tokenizer import fit_tokenizer, mix_instructions
+    from x2i.model.inference.processor import Processor
+    from x2i.model.inference.tokenizer import build_tiny_tokenizer
 
     mix = load_mix(write_mix(tmp_path / "m.yaml", [{"path": str(datasets["a"])}, {"path": str(datasets["b"])}]))
     fitted = fit_tokenizer(mix_instructions(mix), tmp_path / "tok", 512)

@@ -34,8 +34,8 @@ def generate_command(
     import torch
     from tqdm import tqdm
 
-    from x2i.model.pipeline import OmniGenPipeline
-    from x2i.model.processor import DEFAULT_NEGATIVE_PROMPT
+    from x2i.model.inference.pipeline import OmniGenPipeline
+    from x2i.model.inference.processor import DEFAULT_NEGATIVE_PROMPT
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype is not None and dtype not in dtypes:

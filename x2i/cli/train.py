@@ -31,9 +31,9 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train the reference OmniGen model straight off built datasets (a mix of manifests)."""
-    from x2i.model.mix import load_mix
-    from x2i.model.train import TrainingStopped, Trainer
-    from x2i.model.train_config import resolve_train_config
+    from x2i.model.training.config import resolve_train_config
+    from x2i.model.training.loop import Trainer, TrainingStopped
+    from x2i.model.training.mix import load_mix
 
     options = {"model.preset": model, "model.init": str(init) if init else None, "lora.rank": lora_rank,
                "steps": steps, "loader.batch_size": batch_size, "optim.lr": lr, "loader.num_workers": workers,
@@ -59,7 +59,7 @@ def train_command(
                    f"{resolved.run_dir} --resume", err=True)
         raise typer.Exit(130) from None
     finally:
-        from x2i.model.dist import cleanup
+        from x2i.model.training.dist import cleanup
 
         cleanup()
     if trainer.info.is_main:

@@ -15,12 +15,13 @@ import torch
 
 from x2i.errors import X2IError
 
-from .checkpoint import detect_layout, load_model, resolve_model_dir
-from .flow import guide, sampling_times
-from .omnigen import Condition, OmniGen
+from ..codecs import load_codec
+from ..codecs.base import ImageCodec, from_model_latents, to_model_latents
+from ..modeling.checkpoint import detect_layout, load_model, resolve_model_dir
+from ..modeling.transformer import Condition, OmniGen
 from .processor import DEFAULT_NEGATIVE_PROMPT, Processor, to_pil
+from .scheduler import FlowMatchEulerScheduler, guide
 from .tokenizer import TextTokenizer
-from .vae import ImageCodec, from_model_latents, load_vae, to_model_latents
 
 OFFLOAD_MODES = ("none", "model", "layers")
 
@@ -37,10 +38,14 @@ def default_device() -> torch.device:
 
 
 class OmniGenPipeline:
+    """`scheduler`: the sampler (FlowMatchEulerScheduler by default)."""
+
     def __init__(self, model: OmniGen, processor: Processor, codec: ImageCodec, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, offload: str = "none"):
+                 dtype: torch.dtype | None = None, offload: str = "none",
+                 scheduler: FlowMatchEulerScheduler | None = None):
         if offload not in OFFLOAD_MODES:
             raise X2IError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+        self.scheduler = scheduler or FlowMatchEulerScheduler()
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model, self.processor, self.codec, self.offload = model.eval(), processor, codec, offload
@@ -54,13 +59,14 @@ class OmniGenPipeline:
     @classmethod
     def from_pretrained(cls, spec: str | Path | None = None, device=None, dtype: torch.dtype | None = None,
                         offload: str = "none", max_input_images: int = 8) -> OmniGenPipeline:
-        """Load from a local directory, $X2I_OMNIGEN_DIR or the Hugging Face cache (any of the three layouts)."""
+        """Load from a local directory, $X2I_OMNIGEN_DIR or the Hugging Face cache (any of the three layouts,
+        including the folders `x2i train` writes): the one way a checkpoint folder becomes a pipeline."""
         root = resolve_model_dir(spec)
         layout = detect_layout(root)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = load_model(root, dtype=dtype)
-        codec = load_vae(layout.vae_dir)
+        codec = load_codec(layout.vae_dir)
         multiple = codec.downsample * model.config.patch_size
         processor = Processor(TextTokenizer.from_dir(layout.tokenizer_dir), max_input_images=max_input_images,
                               multiple=multiple, pad_token_id=model.config.pad_token_id)
@@ -148,11 +154,11 @@ class OmniGenPipeline:
         self._place(self.model, True)
         n_out = (height // self.multiple) * (width // self.multiple)
         caches = [self.model.encode_condition(b, n_out) if use_cache else None for b in branches]
-        times = sampling_times(steps)
-        for i in range(steps):
-            t = torch.full((len(prompts),), float(times[i]), device=self.device)
+        self.scheduler.set_timesteps(steps)
+        for i, timestep in enumerate(self.scheduler.timesteps):
+            t = torch.full((len(prompts),), float(timestep), device=self.device)
             preds = [self.model(b, z.to(self.dtype), t, cache=c).float() for b, c in zip(branches, caches)]
-            z = z + float(times[i + 1] - times[i]) * guide(preds, guidance_scale, image_guidance_scale)
+            z = self.scheduler.step(guide(preds, guidance_scale, image_guidance_scale), timestep, z)
             if progress is not None:
                 progress(i + 1, steps)
         del caches
@@ -166,3 +172,9 @@ class OmniGenPipeline:
         return images if output_type == "tensor" else to_pil(images)
 
     generate = __call__
+
+
+def load_trained(directory: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> OmniGenPipeline:
+    """A model folder `x2i train` wrote, on CPU in fp32 unless told otherwise (OmniGenPipeline.from_pretrained)."""
+    return OmniGenPipeline.from_pretrained(directory, device=device, dtype=dtype or torch.float32)
