@@ -1,13 +1,10 @@
-"""Shared fixtures for the model tests: a tiny random checkpoint (all files) and its tokenizer, built once."""
+"""Shared fixtures for the model tests: a tiny random checkpoint (all files) and its tokenizer, built once.
+
+Without the `model` extra each test module skips itself with the reason (pytest.importorskip at its top), so a
+missing extra shows up in the summary instead of the tests silently vanishing."""
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-
-# Without the `model` extra installed these tests are not collected (rather than failing on imports).
-_NEEDED = ("torch", "diffusers", "tokenizers", "safetensors", "transformers", "torchvision")
-collect_ignore_glob = [] if all(importlib.util.find_spec(m) for m in _NEEDED) else ["test_*.py"]
 
 
 @pytest.fixture(scope="session")

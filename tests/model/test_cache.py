@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -6,13 +6,15 @@ import json
 import shutil
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
-from x2i.errors import X2IError
-from x2i.model.modeling.checkpoint import (ENV_VAR, from_diffusers_state_dict, load_model,
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from x2i.errors import X2IError  # noqa: E402
+from x2i.model.modeling.checkpoint import (ENV_VAR, from_diffusers_state_dict, load_model,  # noqa: E402
                                            resolve_model_dir, save_model, to_diffusers_state_dict)
-from x2i.model.modeling.config import FORMAT_MARKER
+from x2i.model.modeling.config import FORMAT_MARKER  # noqa: E402
 
 
 def _outputs(model, processor):

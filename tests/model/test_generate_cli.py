@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
 
-from x2i.cli.main import app
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+from PIL import Image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from x2i.cli.main import app  # noqa: E402
 
 
 def _generate(tiny_dir, out, *extra):

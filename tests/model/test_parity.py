@@ -8,8 +8,10 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
+
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import OmniGenTransformer2DModel  # noqa: E402

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from x2i.errors import X2IError
-from x2i.model.codecs.pixel import PixelCodec
-from x2i.model.inference.pipeline import OmniGenPipeline, encode_condition_images
-from x2i.model.inference.processor import Processor
-from x2i.model.inference.scheduler import guide
-from x2i.model.training.loss import flow_matching_loss
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from x2i.errors import X2IError  # noqa: E402
+from x2i.model.codecs.pixel import PixelCodec  # noqa: E402
+from x2i.model.inference.pipeline import OmniGenPipeline, encode_condition_images  # noqa: E402
+from x2i.model.inference.processor import Processor  # noqa: E402
+from x2i.model.inference.scheduler import guide  # noqa: E402
+from x2i.model.training.loss import flow_matching_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")

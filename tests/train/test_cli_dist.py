@@ -8,14 +8,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import yaml
-from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from x2i.cli.main import app
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
-from train_helpers import write_mix
+from x2i.cli.main import app  # noqa: E402
+
+from train_helpers import write_mix  # noqa: E402
 
 TRAIN_SETS = ["--set", "loader.max_pixels=1024", "--set", "loader.max_input_side=32", "--set", "save_every=2",
               "--set", "log_every=1", "--set", "tensorboard=false", "--set", "codec.pixel_factor=2"]

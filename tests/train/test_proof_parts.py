@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from x2i.model.codecs.patch_pca import PatchPCACodec
-from x2i.model.testing.shapes_check import accuracy, check, parse_prompt
-from x2i.model.training.codec import sample_images
-from x2i.model.training.mix import load_mix
-from x2i.shapes.world import COLORS, SHAPES, make_scene
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from train_helpers import write_mix
+from x2i.model.codecs.patch_pca import PatchPCACodec  # noqa: E402
+from x2i.model.testing.shapes_check import accuracy, check, parse_prompt  # noqa: E402
+from x2i.model.training.codec import sample_images  # noqa: E402
+from x2i.model.training.mix import load_mix  # noqa: E402
+from x2i.shapes.world import COLORS, SHAPES, make_scene  # noqa: E402
+
+from train_helpers import write_mix  # noqa: E402
 
 
 def test_checker_reads_real_renders_and_rejects_what_is_not_there():

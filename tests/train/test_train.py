@@ -6,16 +6,18 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from x2i.imageio import decode
-from x2i.model.training.buckets import mask_to_latent
-from x2i.model.training.config import load_train_config
-from x2i.model.training.loop import Trainer, TrainingStopped
-from x2i.shards import iter_rows, shard_files
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-from train_helpers import write_mix
+from x2i.imageio import decode  # noqa: E402
+from x2i.model.training.buckets import mask_to_latent  # noqa: E402
+from x2i.model.training.config import load_train_config  # noqa: E402
+from x2i.model.training.loop import Trainer, TrainingStopped  # noqa: E402
+from x2i.shards import iter_rows, shard_files  # noqa: E402
+
+from train_helpers import write_mix  # noqa: E402
 
 
 @pytest.fixture(scope="module")
