@@ -24,7 +24,8 @@ import torch
 from x2i.errors import X2IError
 from x2i.weights import ENV_VARS, WeightSpec, resolve
 
-from .config import FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config, to_phi3_config
+from .config import (DEFAULT_SIZE_KEY, FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config,
+                     to_phi3_config)
 from .transformer import OmniGen
 
 ENV_VAR = ENV_VARS["omnigen"]
@@ -73,6 +74,19 @@ def resolve_model_dir(spec: str | Path | None = None) -> Path:
     repo = str(spec) if REPO_ID.fullmatch(str(spec)) and not path.is_dir() else None
     return resolve(model_spec(repo), path, who="OmniGen model", hint=hint, use_env=False,
                    use_cache=repo is not None).directory
+
+
+def default_image_size(layout: Layout) -> tuple[int, int] | None:
+    """(height, width) the model was trained at, when its config.json records it (folders `x2i train` wrote)."""
+    if layout.kind != "x2i":
+        return None
+    path = layout.root / "config.json"
+    size = json.loads(path.read_text()).get(DEFAULT_SIZE_KEY)
+    if size is None:  # folders written before the size was recorded
+        return None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise X2IError(f"{path}: {DEFAULT_SIZE_KEY} must be [height, width] in pixels, got {size!r}")
+    return size[0], size[1]
 
 
 def weight_files(stem: Path) -> list[Path]:

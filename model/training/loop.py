@@ -30,6 +30,7 @@ from ..inference.processor import Processor
 from ..inference.tokenizer import TextTokenizer
 from ..modeling.checkpoint import detect_layout
 from . import dist as xdist
+from .buckets import choose_bucket
 from .codec import build_codec
 from .config import TrainConfig
 from .export import export_model
@@ -165,7 +166,15 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Train up to `steps`; the summary: step, loss (of the last step), run_dir, mix (realized ratios) and
+        already_complete (a resumed run with no steps left: nothing trained, loss is the last one logged)."""
         c, info = self.c, self.info
+        if self.step >= c.steps:
+            # Export again all the same: final/ then exists even when the finished run died before writing it.
+            if c.export:
+                self.export()
+            return {"step": self.step, "loss": self.last_logged_loss(), "run_dir": str(self.run_dir),
+                    "mix": self.realized_ratios(), "already_complete": True}
         writer = self._writer()
         log_path = self.run_dir / "log.jsonl"
         bar = None
@@ -235,7 +244,17 @@ class Trainer:
                 writer.close()
         if c.export:
             self.export()
-        return {"step": self.step, "loss": last_loss, "run_dir": str(self.run_dir), "mix": self.realized_ratios()}
+        return {"step": self.step, "loss": last_loss, "run_dir": str(self.run_dir), "mix": self.realized_ratios(),
+                "already_complete": False}
+
+    def last_logged_loss(self) -> float:
+        """The loss of the last record in log.jsonl (NaN when there is none)."""
+        path = self.run_dir / "log.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for line in reversed(lines):
+            if line.strip():
+                return float(json.loads(line)["loss"])
+        return float("nan")
 
     def precompute_latents(self) -> int:
         """Fill the latent cache before training: as many batches as the mix has rows (per process, without
@@ -317,11 +336,13 @@ class Trainer:
         weights = {_fqn(k): v for k, v in weights.items()}
         ema = self.ema.full_state() if self.ema is not None else None
         if self.info.is_main:
+            # The squarest bucket trained on: what generation defaults to with this model.
+            size = choose_bucket(self.dataset.buckets, 1, 1)
             export_model(self.run_dir / "final", weights, self.c, self.model_config, self.tokenizer_dir,
-                         self.codec)
+                         self.codec, size)
             if ema is not None:
                 export_model(self.run_dir / "final-ema", {**weights, **ema}, self.c, self.model_config,
-                             self.tokenizer_dir, self.codec)
+                             self.tokenizer_dir, self.codec, size)
         xdist.all_reduce([0.0], self.info.device)
 
 

@@ -65,3 +65,11 @@ def test_generate_with_a_pixel_codec_checkpoint(tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "p.png") as im:
         assert im.size == (24, 16)
+
+
+def test_generate_without_a_recorded_size_keeps_the_1024_default(tiny_dir, tmp_path):
+    """A checkpoint that records no training size (every folder written before it was recorded, and downloaded
+    ones) defaults to 1024 x 1024 as before: more than the tiny model's position grid, so a clear user error."""
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_dir), "--prompt", "a red circle", "--steps", "1",
+                                      "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "1024x1024 is larger than the model's position grid" in result.output

@@ -61,6 +61,38 @@ def test_x2i_train_runs_and_records_its_config(built, tmp_path):
     assert "resuming at step 3" in resumed.output
 
 
+@pytest.fixture(scope="module")
+def finished_run(built, tmp_path_factory):
+    """A finished 2-step run at 32 px (max_pixels 1024) and the arguments that made it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    args = ["train", "--mix", str(built), "--model", "tiny", "--steps", "2", "--batch-size", "4", "--workers", "0",
+            "--out", str(run), "-q", *TRAIN_SETS]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return run, args
+
+
+def test_resume_with_no_steps_left_says_training_is_complete(finished_run):
+    run, args = finished_run
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "training is already complete: step 2 of 2" in result.output
+    assert f"last recorded loss {last['loss']:.4f}" in result.output and "nan" not in result.output
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2  # nothing was trained
+
+
+def test_generate_defaults_to_the_size_the_model_was_trained_at(finished_run, tmp_path):
+    run, _ = finished_run
+    assert json.loads((run / "final" / "config.json").read_text())["default_image_size"] == [32, 32]
+    out = tmp_path / "g.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(run / "final"), "--prompt",
+                                      "A small red circle on a plain background.", "--steps", "2", "--seed", "0",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "(32x32)" in result.output
+
+
 def test_x2i_train_refuses_bad_input_before_training(built, tmp_path):
     missing = write_mix(tmp_path / "m.yaml", [{"path": str(tmp_path / "not-built")}])
     result = CliRunner().invoke(app, ["train", "--mix", str(missing), "--out", str(tmp_path / "run")])

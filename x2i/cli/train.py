@@ -1,6 +1,7 @@
 """Training command: x2i train."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -68,7 +69,15 @@ def train_command(
 
 def _report(summary: dict, resolved) -> str:
     """What a finished run printed: loss, samples per stream, where the model and logs are."""
-    lines = [f"done: step {summary['step']}, loss {summary['loss']:.4f}", "samples per stream (target -> actual):"]
+    if summary.get("already_complete"):
+        # A resumed run with no steps left trains nothing: its "loss" is the last one the log recorded.
+        loss = summary["loss"]
+        recorded = "no loss recorded in log.jsonl" if math.isnan(loss) else f"last recorded loss {loss:.4f}"
+        head = (f"training is already complete: step {summary['step']} of {resolved.steps}, nothing to train "
+                f"({recorded}); raise --steps to train further")
+    else:
+        head = f"done: step {summary['step']}, loss {summary['loss']:.4f}"
+    lines = [head, "samples per stream (target -> actual):"]
     for name, r in summary["mix"].items():
         lines.append(f"  {name:40s} {r['target']:.3f} -> {r['actual']:.3f}  ({r['samples']} samples)")
     run = Path(resolved.run_dir)
