@@ -56,11 +56,11 @@ def detect_layout(root: str | Path) -> Layout:
 
 
 def model_spec(repo_id: str | None = None) -> WeightSpec:
-    """What marks a checkpoint folder: config.json (ours, official) or model_index.json (diffusers); the weights
-    themselves are checked when they load, with a message of their own."""
+    """What marks a checkpoint folder (detect_layout's markers): config.json (ours, official), model_index.json or
+    transformer/config.json (diffusers); the weights are checked when they load, with a message of their own."""
     repos = (repo_id,) if repo_id else DEFAULT_REPOS
-    return WeightSpec(repos[0], (("config.json", "model_index.json"),), kind="omnigen", layout="flat",
-                      also_repos=tuple(repos[1:]))
+    return WeightSpec(repos[0], (("config.json", "model_index.json", "transformer/config.json"),), kind="omnigen",
+                      layout="flat", also_repos=tuple(repos[1:]))
 
 
 def resolve_model_dir(spec: str | Path | None = None) -> Path:
