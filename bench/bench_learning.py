@@ -53,7 +53,7 @@ def prompts(n: int, seed: int) -> list[str]:
 
 def checker_on_data(data_dir: Path, limit: int = 300) -> dict[str, float]:
     from x2i.imageio import decode
-    from x2i.model.shapes_check import accuracy, check
+    from x2i.model.testing.shapes_check import accuracy, check
     from x2i.shards import iter_rows, shard_files
 
     verdicts = []
@@ -133,8 +133,8 @@ def main() -> None:
 
     import torch
 
-    from x2i.model.shapes_check import accuracy, check
-    from x2i.model.trained import load_trained
+    from x2i.model.inference.pipeline import load_trained
+    from x2i.model.testing.shapes_check import accuracy, check
 
     t0 = time.perf_counter()
     pipe = load_trained(run_dir / args.model_dir, device=args.device or "cpu")

@@ -68,7 +68,7 @@ def build_data(work: Path, limit: int | None = None) -> Path:
 
 
 def loader_throughput(trainer, batches: int) -> float:
-    from x2i.model.loader import make_dataloader
+    from x2i.model.training.loader import make_dataloader
 
     it = iter(make_dataloader(trainer.dataset))
     next(it)  # workers started
@@ -81,10 +81,10 @@ def loader_throughput(trainer, batches: int) -> float:
 def loader_table(args, mix: Path) -> None:
     """The loader alone: decode, fit to the bucket, tokenize, collate; latents not computed."""
     from x2i.config import from_dict
-    from x2i.model.loader import Geometry, LoaderConfig, MixLoader, make_dataloader
-    from x2i.model.mix import load_mix
-    from x2i.model.processor import Processor
-    from x2i.model.tokenizer import build_tiny_tokenizer
+    from x2i.model.inference.processor import Processor
+    from x2i.model.inference.tokenizer import build_tiny_tokenizer
+    from x2i.model.training.loader import Geometry, LoaderConfig, MixLoader, make_dataloader
+    from x2i.model.training.mix import load_mix
 
     tokenizer = build_tiny_tokenizer(args.work / "tokenizer")
     m = load_mix(mix)
@@ -125,8 +125,8 @@ def main() -> None:
 
     import torch
 
-    from x2i.model.train import Trainer
-    from x2i.model.train_config import load_train_config
+    from x2i.model.training.config import load_train_config
+    from x2i.model.training.loop import Trainer
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)

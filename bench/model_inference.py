@@ -24,13 +24,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from x2i.model.checkpoint import to_diffusers_state_dict
-from x2i.model.config import preset, to_diffusers_kwargs
-from x2i.model.omnigen import OmniGen
-from x2i.model.pipeline import OmniGenPipeline
-from x2i.model.processor import Processor
-from x2i.model.tokenizer import build_tiny_tokenizer
-from x2i.model.vae import SDXL_SCALING_FACTOR, DiffusersVAE, tiny_autoencoder
+from x2i.model.codecs.base import SDXL_SCALING_FACTOR
+from x2i.model.codecs.vae import DiffusersVAE
+from x2i.model.inference.pipeline import OmniGenPipeline
+from x2i.model.inference.processor import Processor
+from x2i.model.inference.tokenizer import build_tiny_tokenizer
+from x2i.model.modeling.checkpoint import to_diffusers_state_dict
+from x2i.model.modeling.config import preset, to_diffusers_kwargs
+from x2i.model.modeling.transformer import OmniGen
+from x2i.model.testing.tiny import tiny_autoencoder
 
 PROMPT = "A woman holds a bouquet of flowers and faces the camera, soft light"
 EDIT_PROMPT = "<img><|image_1|></img> The woman in the picture now holds a red umbrella"
@@ -59,7 +61,7 @@ def random_transformer(name: str, device: torch.device, dtype: torch.dtype, seed
             p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in param_name else 0.1 * torch.randn_like(p))
         else:
             p.normal_(0, 1.0 if "embed_tokens" in param_name else p[0].numel() ** -0.5)
-    from x2i.model.omnigen import sincos_pos_embed
+    from x2i.model.modeling.transformer import sincos_pos_embed
 
     model.pos_embed.copy_(sincos_pos_embed(config.hidden_size, config.pos_embed_max_size,
                                            config.pos_embed_base_size)[None])

@@ -1,16 +1,11 @@
 """The reference OmniGen model (installed as x2i.model).
 
-Modules:
-    config      OmniGenConfig, size presets ("tiny", "small", "omnigen-v1"), config.json readers
-    layers      the Phi-3 decoder (RMSNorm, LongRoPE, fused-qkv attention, SwiGLU MLP)
-    omnigen     OmniGen (embedders, sequence, mask, final layer), Condition, the condition KV cache
-    processor   prompt template, placeholders, image preprocessing, CFG branches -> Condition batches
-    tokenizer   the checkpoint's tokenizer.json; a tiny locally built tokenizer
-    vae         image codecs (diffusers AutoencoderKL, a weight-free PixelCodec), latent scaling
-    flow        rectified flow: training times and loss, sampling times, guidance
-    checkpoint  finding, loading (ours / official / diffusers layouts) and saving weights, safetensors only
-    pipeline    OmniGenPipeline: generation with guidance and the cache
-    tiny        random-weight checkpoints for tests, benchmarks and CPU training
+Sub-packages:
+    modeling    OmniGenConfig and presets, the Phi-3 decoder, OmniGen itself, checkpoint layouts and conversion
+    inference   tokenizer, processor, the flow-matching Euler scheduler, OmniGenPipeline
+    codecs      image codecs (SDXL-style VAE, pixel, patch-PCA) and the one loader that reads a codec folder
+    training    `x2i train`: configuration, mixes and the loader, the loss, the loop, checkpoints, LoRA, DDP/FSDP
+    testing     random tiny models and the shapes-world checker, for tests and benchmarks only
 
 Training without the pipeline:
     cond = processor(instructions, images_per_sample)                  # Condition with pixels
@@ -24,15 +19,19 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "OmniGenConfig": "config", "preset": "config",
-    "OmniGen": "omnigen", "Condition": "omnigen", "ConditionCache": "omnigen",
-    "Processor": "processor", "CFGBatch": "processor",
-    "TextTokenizer": "tokenizer", "build_tiny_tokenizer": "tokenizer",
-    "DiffusersVAE": "vae", "PixelCodec": "vae", "load_vae": "vae",
-    "flow_matching_loss": "flow", "guide": "flow",
-    "load_model": "checkpoint", "save_model": "checkpoint", "resolve_model_dir": "checkpoint",
-    "OmniGenPipeline": "pipeline", "encode_condition_images": "pipeline",
-    "make_tiny_checkpoint": "tiny", "random_model": "tiny",
+    "OmniGenConfig": "modeling.config", "preset": "modeling.config",
+    "OmniGen": "modeling.transformer", "Condition": "modeling.transformer", "ConditionCache": "modeling.transformer",
+    "load_model": "modeling.checkpoint", "save_model": "modeling.checkpoint",
+    "resolve_model_dir": "modeling.checkpoint",
+    "Processor": "inference.processor", "CFGBatch": "inference.processor",
+    "TextTokenizer": "inference.tokenizer", "build_tiny_tokenizer": "inference.tokenizer",
+    "FlowMatchEulerScheduler": "inference.scheduler", "guide": "inference.scheduler",
+    "OmniGenPipeline": "inference.pipeline", "encode_condition_images": "inference.pipeline",
+    "load_trained": "inference.pipeline",
+    "DiffusersVAE": "codecs.vae", "PixelCodec": "codecs.pixel", "PatchPCACodec": "codecs.patch_pca",
+    "load_codec": "codecs.io",
+    "flow_matching_loss": "training.loss",
+    "make_tiny_checkpoint": "testing.tiny", "random_model": "testing.tiny",
 }
 
 

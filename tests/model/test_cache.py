@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -66,7 +68,7 @@ def test_cache_rejects_other_output_size(tiny_model, processor):
 def test_pipeline_cached_equals_uncached(tiny_dir):
     from PIL import Image
 
-    from x2i.model.pipeline import OmniGenPipeline
+    from x2i.model.inference.pipeline import OmniGenPipeline
 
     pipe = OmniGenPipeline.from_pretrained(tiny_dir, device="cpu")
     image = Image.new("RGB", (40, 56), (30, 200, 90))

@@ -6,13 +6,15 @@ import json
 import shutil
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
-from x2i.errors import X2IError
-from x2i.model.checkpoint import (ENV_VAR, from_diffusers_state_dict, load_model, resolve_model_dir, save_model,
-                                  to_diffusers_state_dict)
-from x2i.model.config import FORMAT_MARKER
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from x2i.errors import X2IError  # noqa: E402
+from x2i.model.modeling.checkpoint import (ENV_VAR, from_diffusers_state_dict, load_model,  # noqa: E402
+                                           resolve_model_dir, save_model, to_diffusers_state_dict)
+from x2i.model.modeling.config import FORMAT_MARKER  # noqa: E402
 
 
 def _outputs(model, processor):
@@ -54,7 +56,7 @@ def test_missing_weight_file_is_named(tiny_dir, tmp_path):
 
 
 def test_missing_tokenizer_and_vae_files_are_named(tiny_dir, tmp_path):
-    from x2i.model.pipeline import OmniGenPipeline
+    from x2i.model.inference.pipeline import OmniGenPipeline
 
     root = tmp_path / "ckpt"
     shutil.copytree(tiny_dir, root)
@@ -94,9 +96,7 @@ def test_sharded_weights_load(tiny_model, processor, tmp_path):
 
 
 def test_resolution_order(tiny_dir, tmp_path, monkeypatch):
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(ENV_VAR, raising=False)
     assert resolve_model_dir(tiny_dir) == tiny_dir
@@ -112,15 +112,13 @@ def test_resolution_order(tiny_dir, tmp_path, monkeypatch):
 
 def test_found_in_hugging_face_cache(tiny_dir, tmp_path, monkeypatch):
     """A snapshot laid out as huggingface_hub caches it is found offline by repo id."""
-    from huggingface_hub import constants
-
     cache = tmp_path / "hf"
     repo = cache / "models--someone--tiny-omnigen"
     commit = "0" * 40
     shutil.copytree(tiny_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     found = resolve_model_dir("someone/tiny-omnigen")
     assert found.resolve() == (repo / "snapshots" / commit).resolve()
@@ -142,9 +140,9 @@ def test_rotary_frequencies_stay_fp32_when_the_model_is_cast(tiny_model):
 
 
 def test_convert_diffusers_layout_to_ours(tiny_model, processor, tmp_path):
-    from x2i.model.checkpoint import convert_checkpoint, detect_layout
-    from x2i.model.pipeline import OmniGenPipeline
-    from x2i.model.tiny import make_tiny_checkpoint
+    from x2i.model.modeling.checkpoint import convert_checkpoint, detect_layout
+    from x2i.model.inference.pipeline import OmniGenPipeline
+    from x2i.model.testing.tiny import make_tiny_checkpoint
 
     source = make_tiny_checkpoint(tmp_path / "diffusers", layout="diffusers", model=tiny_model)
     converted = convert_checkpoint(source, tmp_path / "ours")

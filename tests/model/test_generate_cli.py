@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
-from PIL import Image
-from typer.testing import CliRunner
 
-from x2i.cli.main import app
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+from PIL import Image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from x2i.cli.main import app  # noqa: E402
 
 
 def _generate(tiny_dir, out, *extra):
@@ -56,10 +58,18 @@ def test_placeholder_mismatch_is_a_user_error(tiny_dir, tmp_path):
 
 def test_generate_with_a_pixel_codec_checkpoint(tmp_path):
     """A tiny model that uses no pretrained VAE at all (what issue 6 trains on CPU) generates through the CLI."""
-    from x2i.model.tiny import make_tiny_checkpoint
+    from x2i.model.testing.tiny import make_tiny_checkpoint
 
     root = make_tiny_checkpoint(tmp_path / "pixel", pixel_codec_factor=2)
     result = _generate(root, tmp_path / "p.png", "--height", "16", "--width", "24")
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "p.png") as im:
         assert im.size == (24, 16)
+
+
+def test_generate_without_a_recorded_size_keeps_the_1024_default(tiny_dir, tmp_path):
+    """A checkpoint that records no training size (every folder written before it was recorded, and downloaded
+    ones) defaults to 1024 x 1024 as before: more than the tiny model's position grid, so a clear user error."""
+    result = CliRunner().invoke(app, ["generate", "--model", str(tiny_dir), "--prompt", "a red circle", "--steps", "1",
+                                      "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 2 and "1024x1024 is larger than the model's position grid" in result.output

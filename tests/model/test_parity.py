@@ -8,17 +8,19 @@ import re
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
+
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import OmniGenTransformer2DModel  # noqa: E402
 from diffusers.pipelines.omnigen.processor_omnigen import (  # noqa: E402
     OmniGenCollator, OmniGenMultiModalProcessor, crop_image)
 
-from x2i.model.checkpoint import from_diffusers_state_dict, load_model, model_from_state  # noqa: E402
-from x2i.model.config import preset, to_diffusers_kwargs  # noqa: E402
-from x2i.model.processor import Processor, fit_image  # noqa: E402
+from x2i.model.inference.processor import Processor, fit_image  # noqa: E402
+from x2i.model.modeling.checkpoint import from_diffusers_state_dict, load_model, model_from_state  # noqa: E402
+from x2i.model.modeling.config import preset, to_diffusers_kwargs  # noqa: E402
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 CONFIG = preset("tiny")
@@ -193,7 +195,7 @@ def test_official_layout_checkpoint_loads(reference, processor, tmp_path):
 
 
 def test_diffusers_layout_checkpoint_loads(tmp_path, tiny_model, processor):
-    from x2i.model.tiny import make_tiny_checkpoint
+    from x2i.model.testing.tiny import make_tiny_checkpoint
 
     root = make_tiny_checkpoint(tmp_path / "ckpt", layout="diffusers", model=tiny_model)
     assert (root / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
@@ -209,7 +211,7 @@ def test_diffusers_layout_checkpoint_loads(tmp_path, tiny_model, processor):
 
 def test_pos_embed_matches_diffusers():
     """Our sincos grid is computed independently of diffusers'; with base size 64 the two agree."""
-    from x2i.model.omnigen import sincos_pos_embed
+    from x2i.model.modeling.transformer import sincos_pos_embed
 
     ref = OmniGenTransformer2DModel(**to_diffusers_kwargs(CONFIG)).patch_embedding.pos_embed[0]
     torch.testing.assert_close(sincos_pos_embed(CONFIG.hidden_size, CONFIG.pos_embed_max_size, 64), ref,
@@ -219,7 +221,7 @@ def test_pos_embed_matches_diffusers():
 def test_mask_and_positions_match_omnigen_collator(reference, processor):
     """OmniGen's attention mask and position ids (built by diffusers' copy of OmniGen's collator) equal the ones
     our model derives from the padding mask, for every real token of a left-padded batch."""
-    from x2i.model.omnigen import position_ids
+    from x2i.model.modeling.transformer import position_ids
 
     _, ours = reference
     prompts = ["<img><|image_1|></img> small", "a longer prompt: <img><|image_1|></img> and <img><|image_2|></img>"]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from x2i.errors import X2IError
-from x2i.model.flow import flow_matching_loss, guide
-from x2i.model.pipeline import OmniGenPipeline, encode_condition_images
-from x2i.model.processor import Processor
-from x2i.model.vae import PixelCodec
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from x2i.errors import X2IError  # noqa: E402
+from x2i.model.codecs.pixel import PixelCodec  # noqa: E402
+from x2i.model.inference.pipeline import OmniGenPipeline, encode_condition_images  # noqa: E402
+from x2i.model.inference.processor import Processor  # noqa: E402
+from x2i.model.inference.scheduler import guide  # noqa: E402
+from x2i.model.training.loss import flow_matching_loss  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,8 @@ def _training_batch(processor, codec, seed=0):
 
 
 def test_loss_is_batch_invariant_and_backpropagates(tiny_model, processor):
-    from x2i.model.vae import DiffusersVAE, tiny_autoencoder
+    from x2i.model.codecs.vae import DiffusersVAE
+    from x2i.model.testing.tiny import tiny_autoencoder
 
     codec = DiffusersVAE(tiny_autoencoder())
     cond, targets = _training_batch(processor, codec)
@@ -144,8 +148,8 @@ def test_loss_mask_excludes_pixels(tiny_model, processor):
 
 def test_pixel_codec_pipeline_without_pretrained_weights(tokenizer):
     """Issue 6 trains a tiny model with no downloaded weights: a pixel-space codec stands in for the VAE."""
-    from x2i.model.config import preset
-    from x2i.model.tiny import random_model
+    from x2i.model.modeling.config import preset
+    from x2i.model.testing.tiny import random_model
 
     codec = PixelCodec(factor=2)
     images = torch.rand(1, 3, 16, 24) * 2 - 1

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from x2i.errors import X2IError
-from x2i.model.processor import DEFAULT_NEGATIVE_PROMPT, TEMPLATE_PREFIX, fit_image
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from x2i.errors import X2IError  # noqa: E402
+from x2i.model.inference.processor import DEFAULT_NEGATIVE_PROMPT, TEMPLATE_PREFIX, fit_image  # noqa: E402
 
 
 def _image(w, h, seed=0):

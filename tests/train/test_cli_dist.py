@@ -8,14 +8,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
-import yaml
-from safetensors.torch import load_file
-from typer.testing import CliRunner
 
-from x2i.cli.main import app
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
 
-from train_helpers import write_mix
+from x2i.cli.main import app  # noqa: E402
+
+from train_helpers import write_mix  # noqa: E402
 
 TRAIN_SETS = ["--set", "loader.max_pixels=1024", "--set", "loader.max_input_side=32", "--set", "save_every=2",
               "--set", "log_every=1", "--set", "tensorboard=false", "--set", "codec.pixel_factor=2"]
@@ -46,7 +48,7 @@ def test_x2i_train_runs_and_records_its_config(built, tmp_path):
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
     assert (run / "final" / "vae" / "pixel_codec.json").is_file()
     # The exported folder is an ordinary checkpoint: the model's own pipeline loads it and generates.
-    from x2i.model.pipeline import OmniGenPipeline
+    from x2i.model.inference.pipeline import OmniGenPipeline
 
     pipe = OmniGenPipeline.from_pretrained(run / "final", device="cpu")
     image = pipe("A small red circle on a plain background.", height=32, width=32, steps=2, seed=0)[0]
@@ -57,6 +59,38 @@ def test_x2i_train_runs_and_records_its_config(built, tmp_path):
     resumed = CliRunner().invoke(app, [*args[:6], "5", *args[7:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "resuming at step 3" in resumed.output
+
+
+@pytest.fixture(scope="module")
+def finished_run(built, tmp_path_factory):
+    """A finished 2-step run at 32 px (max_pixels 1024) and the arguments that made it."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    args = ["train", "--mix", str(built), "--model", "tiny", "--steps", "2", "--batch-size", "4", "--workers", "0",
+            "--out", str(run), "-q", *TRAIN_SETS]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return run, args
+
+
+def test_resume_with_no_steps_left_says_training_is_complete(finished_run):
+    run, args = finished_run
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])
+    result = CliRunner().invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "training is already complete: step 2 of 2" in result.output
+    assert f"last recorded loss {last['loss']:.4f}" in result.output and "nan" not in result.output
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2  # nothing was trained
+
+
+def test_generate_defaults_to_the_size_the_model_was_trained_at(finished_run, tmp_path):
+    run, _ = finished_run
+    assert json.loads((run / "final" / "config.json").read_text())["default_image_size"] == [32, 32]
+    out = tmp_path / "g.png"
+    result = CliRunner().invoke(app, ["generate", "--model", str(run / "final"), "--prompt",
+                                      "A small red circle on a plain background.", "--steps", "2", "--seed", "0",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "(32x32)" in result.output
 
 
 def test_x2i_train_refuses_bad_input_before_training(built, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from x2i.config import ConfigError
 from x2i.errors import X2IError
-from x2i.model.mix import load_mix
+from x2i.model.training.mix import load_mix
 
 from train_helpers import write_dataset, write_mix
 

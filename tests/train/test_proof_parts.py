@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from x2i.model.mix import load_mix
-from x2i.model.patch_pca import PatchPCACodec, sample_images
-from x2i.model.shapes_check import accuracy, check, parse_prompt
-from x2i.shapes.world import COLORS, SHAPES, make_scene
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from train_helpers import write_mix
+from x2i.model.codecs.patch_pca import PatchPCACodec  # noqa: E402
+from x2i.model.testing.shapes_check import accuracy, check, parse_prompt  # noqa: E402
+from x2i.model.training.codec import sample_images  # noqa: E402
+from x2i.model.training.mix import load_mix  # noqa: E402
+from x2i.shapes.world import COLORS, SHAPES, make_scene  # noqa: E402
+
+from train_helpers import write_mix  # noqa: E402
 
 
 def test_checker_reads_real_renders_and_rejects_what_is_not_there():
@@ -61,7 +64,7 @@ def test_patch_pca_codec_round_trip(datasets, tmp_path):
     loaded = PatchPCACodec.load(codec.save(tmp_path / "codec"))
     assert torch.equal(loaded.encode(images), z) and loaded.fingerprint() == codec.fingerprint()
     # A trained model folder keeps it in vae/: the loader `x2i generate` uses must read it too.
-    from x2i.model.vae import load_vae
+    from x2i.model.codecs import load_codec as load_vae
 
     assert torch.equal(load_vae(tmp_path / "codec").encode(images), z)
     plain = PatchPCACodec.fit(images, factor=4, components=12, whiten=False)
@@ -70,9 +73,9 @@ def test_patch_pca_codec_round_trip(datasets, tmp_path):
 
 
 def test_tokenizer_fitted_to_the_mix(datasets, tmp_path):
-    from x2i.model.fit_tokenizer import fit_tokenizer, mix_instructions
-    from x2i.model.processor import Processor
-    from x2i.model.tokenizer import build_tiny_tokenizer
+    from x2i.model.training.fit_tokenizer import fit_tokenizer, mix_instructions
+    from x2i.model.inference.processor import Processor
+    from x2i.model.inference.tokenizer import build_tiny_tokenizer
 
     mix = load_mix(write_mix(tmp_path / "m.yaml", [{"path": str(datasets["a"])}, {"path": str(datasets["b"])}]))
     fitted = fit_tokenizer(mix_instructions(mix), tmp_path / "tok", 512)

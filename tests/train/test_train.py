@@ -6,16 +6,18 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from x2i.imageio import decode
-from x2i.model.buckets import mask_to_latent
-from x2i.model.train import Trainer, TrainingStopped
-from x2i.model.train_config import load_train_config
-from x2i.shards import iter_rows, shard_files
+pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
-from train_helpers import write_mix
+from x2i.imageio import decode  # noqa: E402
+from x2i.model.training.buckets import mask_to_latent  # noqa: E402
+from x2i.model.training.config import load_train_config  # noqa: E402
+from x2i.model.training.loop import Trainer, TrainingStopped  # noqa: E402
+from x2i.shards import iter_rows, shard_files  # noqa: E402
+
+from train_helpers import write_mix  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,7 @@ def test_edit_loss_weighs_only_changed_pixels(tmp_path, mix_path, datasets):
     assert seen >= 3
 
     # In the loss: the same error costs 7x more on a changed pixel than on an unchanged one.
-    from x2i.model.flow import flow_matching_loss
+    from x2i.model.training.loss import flow_matching_loss
 
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., 0, 0] = 1
@@ -133,10 +135,10 @@ def test_edit_loss_weighs_only_changed_pixels(tmp_path, mix_path, datasets):
 
 
 def test_lora_adapter_save_load_merge_round_trip(tmp_path, mix_path):
-    from x2i.model.checkpoint import load_model
-    from x2i.model.lora import load_adapter
-    from x2i.model.omnigen import Condition
-    from x2i.model.tiny import make_tiny_checkpoint
+    from x2i.model.modeling.checkpoint import load_model
+    from x2i.model.training.lora import load_adapter
+    from x2i.model.modeling.transformer import Condition
+    from x2i.model.testing.tiny import make_tiny_checkpoint
 
     init = make_tiny_checkpoint(tmp_path / "init", seed=3)
     trainer = Trainer(config(tmp_path / "run", mix_path, steps=3, lora={"rank": 4},

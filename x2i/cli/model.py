@@ -19,8 +19,8 @@ def generate_command(
     steps: int = typer.Option(50, "--steps", min=1, help="Euler steps."),
     guidance: float = typer.Option(2.5, "--guidance", help="Text guidance scale."),
     image_guidance: float = typer.Option(1.6, "--image-guidance", help="Image guidance scale (with input images)."),
-    height: int = typer.Option(1024, "--height", help="Output height in pixels (a multiple of 16)."),
-    width: int = typer.Option(1024, "--width", help="Output width in pixels (a multiple of 16)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Output height in pixels (a multiple of 16; default: the size the model was trained at, else 1024)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Output width in pixels (a multiple of 16; default: the size the model was trained at, else 1024)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (same seed, same image)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Replaces OmniGen's default negative prompt."),
     max_input_image_size: int = typer.Option(1024, "--max-input-image-size", help="Input images are scaled so their longer side is at most this."),
@@ -34,8 +34,8 @@ def generate_command(
     import torch
     from tqdm import tqdm
 
-    from x2i.model.pipeline import OmniGenPipeline
-    from x2i.model.processor import DEFAULT_NEGATIVE_PROMPT
+    from x2i.model.inference.pipeline import OmniGenPipeline
+    from x2i.model.inference.processor import DEFAULT_NEGATIVE_PROMPT
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if dtype is not None and dtype not in dtypes:

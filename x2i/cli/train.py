@@ -1,6 +1,7 @@
 """Training command: x2i train."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -31,9 +32,9 @@ def train_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train the reference OmniGen model straight off built datasets (a mix of manifests)."""
-    from x2i.model.mix import load_mix
-    from x2i.model.train import TrainingStopped, Trainer
-    from x2i.model.train_config import resolve_train_config
+    from x2i.model.training.config import resolve_train_config
+    from x2i.model.training.loop import Trainer, TrainingStopped
+    from x2i.model.training.mix import load_mix
 
     options = {"model.preset": model, "model.init": str(init) if init else None, "lora.rank": lora_rank,
                "steps": steps, "loader.batch_size": batch_size, "optim.lr": lr, "loader.num_workers": workers,
@@ -59,7 +60,7 @@ def train_command(
                    f"{resolved.run_dir} --resume", err=True)
         raise typer.Exit(130) from None
     finally:
-        from x2i.model.dist import cleanup
+        from x2i.model.training.dist import cleanup
 
         cleanup()
     if trainer.info.is_main:
@@ -68,7 +69,15 @@ def train_command(
 
 def _report(summary: dict, resolved) -> str:
     """What a finished run printed: loss, samples per stream, where the model and logs are."""
-    lines = [f"done: step {summary['step']}, loss {summary['loss']:.4f}", "samples per stream (target -> actual):"]
+    if summary.get("already_complete"):
+        # A resumed run with no steps left trains nothing: its "loss" is the last one the log recorded.
+        loss = summary["loss"]
+        recorded = "no loss recorded in log.jsonl" if math.isnan(loss) else f"last recorded loss {loss:.4f}"
+        head = (f"training is already complete: step {summary['step']} of {resolved.steps}, nothing to train "
+                f"({recorded}); raise --steps to train further")
+    else:
+        head = f"done: step {summary['step']}, loss {summary['loss']:.4f}"
+    lines = [head, "samples per stream (target -> actual):"]
     for name, r in summary["mix"].items():
         lines.append(f"  {name:40s} {r['target']:.3f} -> {r['actual']:.3f}  ({r['samples']} samples)")
     run = Path(resolved.run_dir)

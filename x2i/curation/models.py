@@ -1,12 +1,13 @@
 """Curation models: open_clip CLIP models and LAION's improved aesthetic predictor, loaded from local files.
 
-Where weights are looked for, in order (the first hit wins):
+Where weights are looked for, in order (the first hit wins; the lookup is x2i.weights):
 1. an explicit local path in the step's parameters (a folder in open_clip's `hf-hub:` layout, or the predictor file);
 2. `$X2I_CURATION_DIR/<org>/<repo>/` (or `$X2I_CURATION_DIR/<repo>/`) for CLIP, `$X2I_CURATION_DIR/<file>` for the
    predictor;
 3. the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub);
 4. a download, only when the step says `allow_download: true` and `HF_HUB_OFFLINE` is not set.
-Nothing found -> `MissingWeights`: one line naming the files, every place looked and how to get them.
+Nothing found -> `x2i.weights.MissingWeights`: one line naming the files, every place looked and how to get them.
+`open_clip_model.safetensors` is taken over `open_clip_pytorch_model.bin` when both are there.
 
 open_clip's `hf-hub:` layout is a folder with `open_clip_config.json` (model_cfg + preprocess_cfg) and
 `open_clip_model.safetensors` or `open_clip_pytorch_model.bin`. The aesthetic predictor is the state dict of an
@@ -24,7 +25,7 @@ import os
 from pathlib import Path
 
 from x2i.errors import X2IError
-from x2i.hf_cache import hf_cache_dir, hf_offline
+from x2i.weights import ENV_VARS, MissingWeights, WeightSpec, resolve
 
 DEFAULT_CLIP = "hf-hub:timm/vit_large_patch14_clip_224.openai"  # OpenAI ViT-L/14, what the predictor was trained on
 DEFAULT_PREDICTOR = "sac+logos+ava1-l14-linearMSE.pth"
@@ -36,75 +37,27 @@ CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 PREDICTOR_KEYS = tuple(f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias"))
 
 
-class MissingWeights(X2IError):
-    """Model files that are nowhere to be found (the CLI prints the one-line message and exits 2)."""
-
-
-def _env_dir() -> Path | None:
-    value = os.environ.get("X2I_CURATION_DIR")
-    return Path(value).expanduser() if value else None
-
-
-def _cached(repo: str, filename: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()))
-    return Path(hit) if isinstance(hit, str) and Path(hit).is_file() else None
-
-
-def _clip_weights(folder: Path) -> Path | None:
-    return next((folder / w for w in CLIP_WEIGHTS if (folder / w).is_file()), None)
-
-
-def _is_clip_dir(folder: Path) -> bool:
-    return folder.is_dir() and (folder / CLIP_CONFIG).is_file() and _clip_weights(folder) is not None
+ENV_DIR = ENV_VARS["curation"]
 
 
 def _where_env(rel: str) -> str:
-    env = _env_dir()
-    return f"{env / rel}" if env else f"$X2I_CURATION_DIR/{rel} (X2I_CURATION_DIR is not set)"
+    value = os.environ.get(ENV_DIR)
+    return str(Path(value).expanduser() / rel) if value else f"${ENV_DIR}/{rel} ({ENV_DIR} is not set)"
 
 
 def resolve_clip(model: str, allow_download: bool = False, who: str = "curation") -> Path:
     """The local folder holding `model` (`hf-hub:org/repo` or a folder path) in open_clip's layout."""
-    need = f"{CLIP_CONFIG} + {CLIP_WEIGHTS[0]} (or {CLIP_WEIGHTS[1]})"
+    files = (CLIP_CONFIG, CLIP_WEIGHTS)
     if not model.startswith("hf-hub:"):
-        folder = Path(model).expanduser()
-        if _is_clip_dir(folder):
-            return folder
-        raise MissingWeights(f"{who}: CLIP model folder {folder} does not hold {need}; point clip_model at a "
-                             "folder in open_clip's hf-hub layout or use hf-hub:<org>/<repo>")
+        # An explicit folder is the whole answer: falling back to some other copy would hide a wrong path.
+        hint = "point clip_model at a folder in open_clip's hf-hub layout or use hf-hub:<org>/<repo>"
+        return resolve(WeightSpec("", files, kind="curation"), model, who=f"{who} (CLIP model folder)", hint=hint,
+                       use_env=False, use_cache=False).directory
     repo = model[len("hf-hub:"):].strip("/")
-    looked = []
-    env = _env_dir()
-    for rel in (repo, repo.split("/")[-1]):
-        if env and _is_clip_dir(env / rel):
-            return env / rel
-    looked.append(_where_env(repo))
-    config = _cached(repo, CLIP_CONFIG)
-    if config is not None:
-        for weights in CLIP_WEIGHTS:
-            hit = _cached(repo, weights)
-            if hit is not None and hit.parent == config.parent:
-                return config.parent
-    looked.append(f"Hugging Face cache {hf_cache_dir()} (repo {repo})")
-    if allow_download and not hf_offline():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(repo, cache_dir=str(hf_cache_dir()),
-                                            allow_patterns=[CLIP_CONFIG, *CLIP_WEIGHTS]))
-            if _is_clip_dir(folder):
-                return folder
-            looked.append(f"download of {repo} (the repo lacks {need})")
-        except Exception as exc:  # network, auth, missing repo: all end in the same clear message
-            looked.append(f"download of {repo} failed ({type(exc).__name__}: {str(exc)[:120]})")
-    elif allow_download:
-        looked.append("no download: HF_HUB_OFFLINE is set")
-    raise MissingWeights(
-        f"{who}: missing weights for CLIP model {model}: need {need}; looked in: " + "; ".join(looked)
-        + f". Get them with `huggingface-cli download {repo} {CLIP_CONFIG} {CLIP_WEIGHTS[0]}`, or copy the files "
-        f"to {_where_env(repo)}, or set the step's clip_model to a local folder, or allow_download: true")
+    hint = (f"Get them with `huggingface-cli download {repo} {CLIP_CONFIG} {CLIP_WEIGHTS[0]}`, or copy the files "
+            f"to {_where_env(repo)}, or set the step's clip_model to a local folder, or allow_download: true")
+    spec = WeightSpec(repo, files, kind="curation", layout="repo_or_name")
+    return resolve(spec, who=f"{who} (CLIP model {model})", hint=hint, allow_download=allow_download).directory
 
 
 def resolve_predictor(predictor: str, repo: str, allow_download: bool = False, who: str = "aesthetic") -> Path:
@@ -113,31 +66,12 @@ def resolve_predictor(predictor: str, repo: str, allow_download: bool = False, w
     if path.is_file():
         return path
     name = path.name
-    looked = []
-    if path.parent != Path("."):
-        looked.append(f"{path} (explicit path)")
-    env = _env_dir()
-    if env and (env / name).is_file():
-        return env / name
-    looked.append(_where_env(name))
-    hit = _cached(repo, name) if repo else None
-    if hit is not None:
-        return hit
-    if repo:
-        looked.append(f"Hugging Face cache {hf_cache_dir()} (repo {repo})")
-    if allow_download and repo and not hf_offline():
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return Path(hf_hub_download(repo, name, cache_dir=str(hf_cache_dir())))
-        except Exception as exc:
-            looked.append(f"download of {repo}/{name} failed ({type(exc).__name__}: {str(exc)[:120]})")
-    elif allow_download:
-        looked.append("no download: HF_HUB_OFFLINE is set")
-    raise MissingWeights(
-        f"{who}: missing aesthetic predictor weights {name}; looked in: " + "; ".join(looked)
-        + f". Get the file from {PREDICTOR_URL} (LAION's improved-aesthetic-predictor) and put it in "
-        f"{_where_env(name)}, or set the step's predictor to its path")
+    hint = (f"Get the file from {PREDICTOR_URL} (LAION's improved-aesthetic-predictor) and put it in "
+            f"{_where_env(name)}, or set the step's predictor to its path")
+    spec = WeightSpec(repo or "", (name,), kind="curation", layout="flat")
+    found = resolve(spec, path.parent if path.parent != Path(".") else None, who=f"{who} (aesthetic predictor)",
+                    hint=hint, use_cache=bool(repo), allow_download=allow_download and bool(repo))
+    return found.path(name)
 
 
 def pick_device(device: str) -> str:
@@ -235,3 +169,8 @@ def load_predictor(path: str, device: str):
     mlp = aesthetic_mlp(int(state["layers.0.weight"].shape[1]))
     mlp.load_state_dict(state)
     return mlp.to(device).eval()
+
+
+__all__ = ["CLIP_CONFIG", "CLIP_WEIGHTS", "DEFAULT_CLIP", "DEFAULT_PREDICTOR", "DEFAULT_PREDICTOR_REPO", "ClipModel",
+           "MissingWeights", "aesthetic_mlp", "load_clip", "load_predictor", "load_predictor_state", "pick_device",
+           "pick_precision", "resolve_clip", "resolve_predictor"]

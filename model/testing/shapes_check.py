@@ -11,7 +11,7 @@ estimated (the pixel as a blend of the inpainted background and the colour), and
 anti-aliased renderings of each shape class (x2i.shapes.world.Shape) placed at the coverage's centroid, scaled to
 its area and rotated over the world's angle range; the class with the best soft intersection over union wins. Matching against the generator
 of the data, instead of hand-tuned features, keeps the checker honest at low resolution (a 64 px image has
-6 px small shapes). Validated on real renders by tests/train/test_shapes_check.py and bench/bench_learning.py.
+6 px small shapes). Validated on real renders by tests/train/test_proof_parts.py and bench/bench_learning.py.
 """
 from __future__ import annotations
 

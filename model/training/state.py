@@ -24,7 +24,7 @@ from torch import nn
 
 PREFIX = "step-"
 # The trainer's wrapper module (dist.TrainModule) adds this to every name; files hold the model's own names, so
-# a full fine-tuning checkpoint's model.safetensors + config.json load with x2i.model.checkpoint.load_model.
+# a full fine-tuning checkpoint's model.safetensors + config.json load with x2i.model.modeling.checkpoint.load_model.
 PARAM_PREFIX = "model."
 
 

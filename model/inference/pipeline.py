@@ -15,14 +15,16 @@ import torch
 
 from x2i.errors import X2IError
 
-from .checkpoint import detect_layout, load_model, resolve_model_dir
-from .flow import guide, sampling_times
-from .omnigen import Condition, OmniGen
+from ..codecs import load_codec
+from ..codecs.base import ImageCodec, from_model_latents, to_model_latents
+from ..modeling.checkpoint import default_image_size, detect_layout, load_model, resolve_model_dir
+from ..modeling.transformer import Condition, OmniGen
 from .processor import DEFAULT_NEGATIVE_PROMPT, Processor, to_pil
+from .scheduler import FlowMatchEulerScheduler, guide
 from .tokenizer import TextTokenizer
-from .vae import ImageCodec, from_model_latents, load_vae, to_model_latents
 
 OFFLOAD_MODES = ("none", "model", "layers")
+DEFAULT_SIZE = (1024, 1024)  # OmniGen-v1's; a folder `x2i train` wrote records its own (default_image_size)
 
 
 @torch.no_grad()
@@ -37,10 +39,16 @@ def default_device() -> torch.device:
 
 
 class OmniGenPipeline:
+    """`default_size` (height, width): the output size when a call gives none. `scheduler`: the sampler
+    (FlowMatchEulerScheduler by default)."""
+
     def __init__(self, model: OmniGen, processor: Processor, codec: ImageCodec, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, offload: str = "none"):
+                 dtype: torch.dtype | None = None, offload: str = "none",
+                 default_size: tuple[int, int] | None = None, scheduler: FlowMatchEulerScheduler | None = None):
         if offload not in OFFLOAD_MODES:
             raise X2IError(f"offload must be one of {OFFLOAD_MODES}, got {offload!r}")
+        self.default_size = tuple(default_size) if default_size is not None else DEFAULT_SIZE
+        self.scheduler = scheduler or FlowMatchEulerScheduler()
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.model, self.processor, self.codec, self.offload = model.eval(), processor, codec, offload
@@ -54,17 +62,19 @@ class OmniGenPipeline:
     @classmethod
     def from_pretrained(cls, spec: str | Path | None = None, device=None, dtype: torch.dtype | None = None,
                         offload: str = "none", max_input_images: int = 8) -> OmniGenPipeline:
-        """Load from a local directory, $X2I_OMNIGEN_DIR or the Hugging Face cache (any of the three layouts)."""
+        """Load from a local directory, $X2I_OMNIGEN_DIR or the Hugging Face cache (any of the three layouts,
+        including the folders `x2i train` writes): the one way a checkpoint folder becomes a pipeline."""
         root = resolve_model_dir(spec)
         layout = detect_layout(root)
         device = torch.device(device) if device is not None else default_device()
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = load_model(root, dtype=dtype)
-        codec = load_vae(layout.vae_dir)
+        codec = load_codec(layout.vae_dir)
         multiple = codec.downsample * model.config.patch_size
         processor = Processor(TextTokenizer.from_dir(layout.tokenizer_dir), max_input_images=max_input_images,
                               multiple=multiple, pad_token_id=model.config.pad_token_id)
-        return cls(model, processor, codec, device=device, dtype=dtype, offload=offload)
+        return cls(model, processor, codec, device=device, dtype=dtype, offload=offload,
+                   default_size=default_image_size(layout))
 
     def _stream_layers(self) -> None:
         """Everything on the device except the decoder layers, each moved in just before it runs and out after."""
@@ -104,14 +114,15 @@ class OmniGenPipeline:
                            "ask for a smaller image (--height, --width)")
 
     @torch.no_grad()
-    def __call__(self, prompts: str | list[str], input_images: list | None = None, *, height: int = 1024,
-                 width: int = 1024, steps: int = 50, guidance_scale: float = 2.5, image_guidance_scale: float = 1.6,
+    def __call__(self, prompts: str | list[str], input_images: list | None = None, *, height: int | None = None,
+                 width: int | None = None, steps: int = 50, guidance_scale: float = 2.5, image_guidance_scale: float = 1.6,
                  negative_prompt: str = DEFAULT_NEGATIVE_PROMPT, seed: int | None = None,
                  max_input_image_size: int = 1024, use_input_image_size_as_output: bool = False,
                  use_cache: bool = True, output_type: str = "pil",
                  progress: Callable[[int, int], None] | None = None):
         """Generate one image per prompt. `input_images`: for one prompt a list of images (PIL or paths), for a
-        list of prompts a list of such lists. output_type: "pil", "tensor" ((B, 3, H, W) in [-1, 1]) or "latent"."""
+        list of prompts a list of such lists. output_type: "pil", "tensor" ((B, 3, H, W) in [-1, 1]) or "latent".
+        height / width default to `default_size` (the size a trained model was trained at, else 1024)."""
         if isinstance(prompts, str):
             prompts, input_images = [prompts], [input_images or []]
         input_images = input_images or [[] for _ in prompts]
@@ -125,6 +136,8 @@ class OmniGenPipeline:
             if not batch.cond.pixels:
                 raise X2IError("use_input_image_size_as_output needs an input image")
             height, width = batch.cond.pixels[0].shape[-2:]
+        height = height if height is not None else self.default_size[0]
+        width = width if width is not None else self.default_size[1]
         self.check_size(height, width)
 
         branches = batch.branches()
@@ -148,11 +161,11 @@ class OmniGenPipeline:
         self._place(self.model, True)
         n_out = (height // self.multiple) * (width // self.multiple)
         caches = [self.model.encode_condition(b, n_out) if use_cache else None for b in branches]
-        times = sampling_times(steps)
-        for i in range(steps):
-            t = torch.full((len(prompts),), float(times[i]), device=self.device)
+        self.scheduler.set_timesteps(steps)
+        for i, timestep in enumerate(self.scheduler.timesteps):
+            t = torch.full((len(prompts),), float(timestep), device=self.device)
             preds = [self.model(b, z.to(self.dtype), t, cache=c).float() for b, c in zip(branches, caches)]
-            z = z + float(times[i + 1] - times[i]) * guide(preds, guidance_scale, image_guidance_scale)
+            z = self.scheduler.step(guide(preds, guidance_scale, image_guidance_scale), timestep, z)
             if progress is not None:
                 progress(i + 1, steps)
         del caches
@@ -166,3 +179,9 @@ class OmniGenPipeline:
         return images if output_type == "tensor" else to_pil(images)
 
     generate = __call__
+
+
+def load_trained(directory: str | Path, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> OmniGenPipeline:
+    """A model folder `x2i train` wrote, on CPU in fp32 unless told otherwise (OmniGenPipeline.from_pretrained)."""
+    return OmniGenPipeline.from_pretrained(directory, device=device, dtype=dtype or torch.float32)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from x2i.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
 
-from .config import PRESETS
+from ..modeling.config import PRESETS
 from .loader import LoaderConfig
 
 

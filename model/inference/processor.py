@@ -23,7 +23,7 @@ from PIL import Image
 from x2i import prompt as prompt_format
 from x2i.errors import X2IError
 
-from .omnigen import Condition
+from ..modeling.transformer import Condition
 from .tokenizer import TextTokenizer
 
 TEMPLATE_PREFIX = "<|user|>\nGenerate an image according to the following instructions\n"

@@ -7,8 +7,8 @@ deviation), so latents are (k, H/f, W/f) with roughly unit variance per channel,
 is the transpose. Because the basis is smooth, leftover latent noise decodes to soft blotches instead of pixel
 noise, which is what makes a few CPU minutes of training enough on the shapes world (bench/bench_learning.py).
 
-It has the ImageCodec interface of x2i.model.vae (encode, decode, scaling_factor, shift_factor, downsample,
-latent_channels) and saves as codec.json + codec.safetensors.
+It has the ImageCodec interface (codecs/base.py) and saves as codec.json + codec.safetensors. Fitting it on a
+training mix: x2i.model.training.codec.
 """
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ import torch.nn.functional as F
 from x2i.errors import X2IError
 
 FILE = "codec.safetensors"
+SPEC = "codec.json"  # marks the folder as a patch-PCA codec (codecs/io.py)
 
 
 class PatchPCACodec:
+    kind = "pca"
+
     def __init__(self, mean: torch.Tensor, basis: torch.Tensor, std: torch.Tensor, factor: int):
         self.mean, self.basis, self.std = mean.float(), basis.float(), std.float()  # (D,), (k, D), (k,)
         self.downsample = factor
@@ -73,7 +76,7 @@ class PatchPCACodec:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file({"mean": self.mean, "basis": self.basis.contiguous(), "std": self.std}, str(directory / FILE))
-        (directory / "codec.json").write_text(json.dumps({"kind": "patch_pca", "factor": self.downsample,
+        (directory / SPEC).write_text(json.dumps({"kind": "patch_pca", "factor": self.downsample,
                                                           "components": self.latent_channels, "file": FILE}))
         return directory
 
@@ -82,45 +85,9 @@ class PatchPCACodec:
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        spec_path = directory / "codec.json"
+        spec_path = directory / SPEC
         if not spec_path.is_file() or not (directory / FILE).is_file():
             raise X2IError(f"no fitted patch-PCA codec in {directory} (codec.json + {FILE})")
         spec = json.loads(spec_path.read_text())
         t = load_file(str(directory / spec.get("file", FILE)))
         return cls(t["mean"], t["basis"], t["std"], int(spec["factor"]))
-
-
-def sample_images(mix, size: tuple[int, int], limit: int, seed: int = 0) -> torch.Tensor:
-    """Up to `limit` output images of the mix (every stream in proportion to its weight, deterministic), fitted
-    to `size` (height, width) the way the loader fits them: the data a codec is fitted on."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from x2i.imageio import decode
-
-    from .buckets import fit_to_bucket
-    from .processor import to_tensor
-
-    rng = np.random.default_rng([seed, 21])
-    out = []
-    for stream in mix.streams:
-        want = max(1, round(limit * stream.weight))
-        units = stream.units
-        order = rng.permutation(len(units))
-        got = 0
-        for u in order:
-            shard, group, _ = units[int(u)]
-            table = pq.ParquetFile(stream.shards[shard].path).read_row_group(group, columns=["output_image"])
-            for cell in table.column("output_image").to_pylist():
-                if got >= want:
-                    break
-                try:
-                    out.append(to_tensor(fit_to_bucket(decode(cell["bytes"]), size)))
-                    got += 1
-                except Exception:  # noqa: BLE001 - a bad row is skipped here as in training
-                    continue
-            if got >= want:
-                break
-    if not out:
-        raise X2IError("no decodable output image in the mix to fit the codec on")
-    return torch.stack(out)

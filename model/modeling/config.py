@@ -9,6 +9,9 @@ from typing import Any
 
 # Our own config.json carries this marker so a directory's layout can be recognised without guessing.
 FORMAT_MARKER = "x2i-omnigen"
+# Not architecture: the image size (height, width) a trained model was trained at, written by training/export.py
+# next to the fields below and read by the pipeline as its default output size.
+DEFAULT_SIZE_KEY = "default_image_size"
 
 
 @dataclass
@@ -68,7 +71,7 @@ class OmniGenConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OmniGenConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - {"format"})
+        unknown = sorted(set(data) - known - {"format", DEFAULT_SIZE_KEY})
         if unknown:
             raise ValueError(f"unknown config keys {unknown}")
         config = cls(**{k: v for k, v in data.items() if k in known})
@@ -189,4 +192,4 @@ def to_diffusers_kwargs(config: OmniGenConfig) -> dict[str, Any]:
 
 
 __all__ = ["OmniGenConfig", "PRESETS", "preset", "from_phi3_config", "to_phi3_config", "from_diffusers_config",
-           "to_diffusers_kwargs", "FORMAT_MARKER"]
+           "to_diffusers_kwargs", "FORMAT_MARKER", "DEFAULT_SIZE_KEY"]

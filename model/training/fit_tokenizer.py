@@ -1,9 +1,9 @@
 """A tokenizer fitted to a mix's instructions, for models trained from scratch (`model.tokenizer: fit`).
 
-A fresh model has no tokenizer of its own; the small one in tokenizer.py is fitted to a fixed dozen sentences, so
-words outside them cost a token per few bytes (a 44-character shapes caption is 22 tokens, the prompt template 36).
-Fitted to the data, the same byte-level BPE makes most words one token: shorter sequences (cheaper steps) and one
-embedding per colour or shape word (faster learning). The files are the usual tokenizer.json +
+A fresh model has no tokenizer of its own; the small one in inference/tokenizer.py is fitted to a fixed dozen
+sentences, so words outside them cost a token per few bytes (a 44-character shapes caption is 22 tokens, the prompt
+template 36). Fitted to the data, the same byte-level BPE makes most words one token: shorter sequences (cheaper
+steps) and one embedding per colour or shape word (faster learning). The files are the usual tokenizer.json +
 tokenizer_config.json, read by `TextTokenizer.from_dir`, with BOS added like OmniGen's Llama tokenizer.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from x2i import prompt as prompt_format
 
-from .processor import TEMPLATE_PREFIX, TEMPLATE_SUFFIX
-from .tokenizer import TextTokenizer, train_bpe_tokenizer
+from ..inference.processor import TEMPLATE_PREFIX, TEMPLATE_SUFFIX
+from ..inference.tokenizer import TextTokenizer, train_bpe_tokenizer
 
 
 

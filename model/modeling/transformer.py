@@ -32,7 +32,7 @@ class Condition:
     valid: (B, L) bool, False at left padding.
     image_spans: (sample, start, end) per input image, in the order of `pixels` / `latents`.
     pixels: preprocessed input images, each (3, H, W) in [-1, 1]; `latents`: the same images encoded, each
-    (C, H/f, W/f) already scaled (see vae.py). The model needs `latents` whenever there are spans.
+    (C, H/f, W/f) already scaled (see codecs/base.py). The model needs `latents` whenever there are spans.
     """
 
     input_ids: torch.Tensor

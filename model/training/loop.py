@@ -8,7 +8,7 @@ linear warmup, gradient clipping, optional EMA; bf16 autocast on GPU. A non-fini
 run (on every rank at once) with the last good checkpoint left in place.
 
 The run folder: config.yaml (resolved), mix.json (streams and target ratios), tokenizer/, log.jsonl, tb/
-(TensorBoard), checkpoints/step-*/ (train_state.py), final/ (and final-ema/): the trained model as a checkpoint
+(TensorBoard), checkpoints/step-*/ (state.py), final/ (and final-ema/): the trained model as a checkpoint
 folder (LoRA runs: adapter/ in peft's format, plus the merged model).
 """
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,52 +23,27 @@ from typing import Any
 
 import torch
 
-from x2i.config import to_dict
 from x2i.errors import X2IError
 
+from ..codecs.base import to_model_latents
+from ..inference.processor import Processor
+from ..inference.tokenizer import TextTokenizer
+from ..modeling.checkpoint import detect_layout
 from . import dist as xdist
-from .checkpoint import detect_layout, load_model
-from .config import PRESETS, OmniGenConfig, build_config
-from .flow import flow_matching_loss
+from .buckets import choose_bucket
+from .codec import build_codec
+from .config import TrainConfig
+from .export import export_model
 from .loader import Batch, Geometry, MixLoader, make_dataloader
 from .lora import add_lora, base_omnigen
+from .loss import flow_matching_loss
 from .mix import Mix, load_mix
-from .omnigen import OmniGen
-from .processor import Processor
-from .tokenizer import TextTokenizer, build_tiny_tokenizer
-from .train_config import TrainConfig
-from .train_state import EMA, list_checkpoints, load_checkpoint, save_checkpoint
-from .trained import build_codec, export_model
-
-# Settings a resumed run may change; anything else must match the run it continues.
-RESUMABLE_CHANGES = {"steps", "log_every", "save_every", "keep_checkpoints", "tensorboard", "progress", "device",
-                     "export"}
+from .setup import build_model, fit_pca_codec, lr_factor, prepare_run_dir
+from .state import EMA, list_checkpoints, load_checkpoint, save_checkpoint
 
 
 class TrainingStopped(X2IError):
     """Training cannot go on (non-finite loss or gradients); the message names the last good checkpoint."""
-
-
-def _lr_factor(step: int, c: TrainConfig) -> float:
-    o = c.optim
-    if step < o.warmup_steps:
-        return (step + 1) / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, c.steps - o.warmup_steps))
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        path = f"{prefix}{key}"
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_diff(a, b, path + ".")
-        elif a != b and path not in RESUMABLE_CHANGES:
-            out.append(f"{path}: {a!r} -> {b!r}")
-    return out
 
 
 class Trainer:
@@ -80,12 +54,12 @@ class Trainer:
         dev = self.info.device
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and dev.type == "cuda")
         self.mix = mix or load_mix(config.mix)  # every check of manifests and shards happens here, first
-        self._prepare_run_dir(resume)
+        self.tokenizer_dir = prepare_run_dir(config, self.mix, self.info, resume)
 
         init_layout = detect_layout(config.model.init) if config.model.init else None
-        self.codec, self.codec_info = build_codec(config.codec, init_layout, self._fit_pca)
+        self.codec = build_codec(config.codec, init_layout, lambda: fit_pca_codec(config, self.mix, self.info))
         self.codec.to(dev)
-        self.model_config, model = self._build_model(init_layout)
+        self.model_config, model = build_model(config, self.codec)
         tokenizer = TextTokenizer.from_dir(self.tokenizer_dir)
         if config.lora.rank > 0:
             for p in model.parameters():
@@ -102,7 +76,7 @@ class Trainer:
         self.ema = EMA(self.named, config.ema.decay) if config.ema.decay > 0 else None
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + self.info.rank)
 
-        geometry = Geometry(self.codec.downsample, self.model_config.patch_size, self.codec_info["fingerprint"])
+        geometry = Geometry(self.codec.downsample, self.model_config.patch_size, self.codec.fingerprint())
         processor = Processor(tokenizer, pad_token_id=self.model_config.pad_token_id)
         self.dataset = MixLoader(self.mix, config.loader, processor, geometry, self.info.rank, self.info.world_size)
         self.cache = None
@@ -118,84 +92,6 @@ class Trainer:
             self._resume()
 
     # ---- setup ---------------------------------------------------------------------------------------------------
-    def _prepare_run_dir(self, resume: bool) -> None:
-        existing = list_checkpoints(self.run_dir)
-        if existing and not resume:
-            raise X2IError(f"{self.run_dir} already holds checkpoints (latest {existing[-1].name}): pass --resume "
-                           "to continue that run, or choose another run folder")
-        if resume and not existing:
-            raise X2IError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
-        new = to_dict(self.c)
-        if resume and (self.run_dir / "config.yaml").is_file():
-            import yaml
-
-            old = yaml.safe_load((self.run_dir / "config.yaml").read_text())
-            changed = _config_diff(old, new)
-            if changed:
-                raise X2IError(f"--resume with a different configuration than {self.run_dir / 'config.yaml'}: "
-                               + "; ".join(changed))
-        self.tokenizer_dir = self.run_dir / "tokenizer"
-        if self.info.is_main:
-            import yaml
-
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(new, sort_keys=False))
-            (self.run_dir / "mix.json").write_text(json.dumps(
-                {"name": self.mix.config.name, "streams": [{"name": s.name, "task": s.task, "rows": s.rows,
-                                                            "target_ratio": s.weight, "group": s.group}
-                                                           for s in self.mix.streams],
-                 "notes": self.mix.notes, "fingerprint": self.mix.fingerprint()}, indent=1))
-            if not (self.tokenizer_dir / "tokenizer.json").is_file():
-                source = self.c.model.tokenizer or (
-                    detect_layout(self.c.model.init).tokenizer_dir if self.c.model.init else None)
-                if source == "fit":
-                    from .fit_tokenizer import fit_tokenizer, mix_instructions
-
-                    if self.c.model.init:
-                        raise X2IError("model.tokenizer: fit is for fresh models; a checkpoint brings its own")
-                    vocab = self.c.model.overrides.get("vocab_size", PRESETS[self.c.model.preset].get("vocab_size"))
-                    fit_tokenizer(mix_instructions(self.mix), self.tokenizer_dir, int(vocab or 32064))
-                elif source is not None:
-                    shutil.copytree(source, self.tokenizer_dir, dirs_exist_ok=True,
-                                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "vae", "transformer"))
-                else:
-                    build_tiny_tokenizer(self.tokenizer_dir)
-        xdist.all_reduce([0.0], self.info.device)  # everyone waits for the run folder
-
-    def _fit_pca(self):
-        """A patch-PCA codec for this run: fitted once on the mix by rank 0 into <run>/codec, loaded after."""
-        from .patch_pca import PatchPCACodec, sample_images
-
-        folder = self.run_dir / "codec"
-        c = self.c.codec
-        if self.info.is_main and not (folder / "codec.json").is_file():
-            side = int(math.isqrt(self.c.loader.max_pixels)) // c.pca_factor * c.pca_factor
-            images = sample_images(self.mix, (side, side), c.pca_images, self.c.seed)
-            PatchPCACodec.fit(images, c.pca_factor, c.pca_components, c.pca_whiten).save(folder)
-        xdist.all_reduce([0.0], self.info.device)
-        return PatchPCACodec.load(folder)
-
-    def _build_model(self, layout) -> tuple[OmniGenConfig, OmniGen]:
-        c = self.c.model
-        if c.init:
-            model = load_model(c.init, dtype=torch.float32)  # fp32 master weights whatever the file holds
-            if model.config.in_channels != self.codec.latent_channels:
-                raise X2IError(f"{c.init} expects {model.config.in_channels} latent channels, the codec gives "
-                               f"{self.codec.latent_channels}")
-            return model.config, model
-        if c.preset not in PRESETS:
-            raise X2IError(f"unknown model preset {c.preset!r}; known: {sorted(PRESETS)}")
-        unknown = sorted(set(c.overrides) - {f.name for f in dataclasses.fields(OmniGenConfig)})
-        if unknown:
-            raise X2IError(f"model.overrides: {unknown} are not OmniGenConfig fields")
-        # The preset builder makes stand-in LongRoPE factors for the (possibly overridden) head size.
-        try:
-            config = build_config(**{**PRESETS[c.preset], **c.overrides, "in_channels": self.codec.latent_channels})
-        except (TypeError, ValueError) as exc:
-            raise X2IError(f"model.overrides: {exc}") from None
-        torch.manual_seed(self.c.seed)
-        return config, OmniGen(config)
-
     def _resume(self) -> None:
         path = list_checkpoints(self.run_dir)[-1]
         state = load_checkpoint(path, self.module, self.optimizer, self.ema, self.generator, self.info.rank,
@@ -213,7 +109,6 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------------------------------
     def _latents(self, batch: Batch):
         dev, codec = self.info.device, self.codec
-        from .vae import to_model_latents
 
         with torch.no_grad():
             inputs = []
@@ -271,7 +166,15 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
+        """Train up to `steps`; the summary: step, loss (of the last step), run_dir, mix (realized ratios) and
+        already_complete (a resumed run with no steps left: nothing trained, loss is the last one logged)."""
         c, info = self.c, self.info
+        if self.step >= c.steps:
+            # Export again all the same: final/ then exists even when the finished run died before writing it.
+            if c.export:
+                self.export()
+            return {"step": self.step, "loss": self.last_logged_loss(), "run_dir": str(self.run_dir),
+                    "mix": self.realized_ratios(), "already_complete": True}
         writer = self._writer()
         log_path = self.run_dir / "log.jsonl"
         bar = None
@@ -285,7 +188,7 @@ class Trainer:
         try:
             while self.step < c.steps:
                 t0 = time.perf_counter()
-                factor = _lr_factor(self.step, c)
+                factor = lr_factor(self.step, c)
                 for group in self.optimizer.param_groups:
                     group["lr"] = c.optim.lr * factor
                 loss_sum = 0.0
@@ -341,7 +244,17 @@ class Trainer:
                 writer.close()
         if c.export:
             self.export()
-        return {"step": self.step, "loss": last_loss, "run_dir": str(self.run_dir), "mix": self.realized_ratios()}
+        return {"step": self.step, "loss": last_loss, "run_dir": str(self.run_dir), "mix": self.realized_ratios(),
+                "already_complete": False}
+
+    def last_logged_loss(self) -> float:
+        """The loss of the last record in log.jsonl (NaN when there is none)."""
+        path = self.run_dir / "log.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        for line in reversed(lines):
+            if line.strip():
+                return float(json.loads(line)["loss"])
+        return float("nan")
 
     def precompute_latents(self) -> int:
         """Fill the latent cache before training: as many batches as the mix has rows (per process, without
@@ -423,11 +336,13 @@ class Trainer:
         weights = {_fqn(k): v for k, v in weights.items()}
         ema = self.ema.full_state() if self.ema is not None else None
         if self.info.is_main:
+            # The squarest bucket trained on: what generation defaults to with this model.
+            size = choose_bucket(self.dataset.buckets, 1, 1)
             export_model(self.run_dir / "final", weights, self.c, self.model_config, self.tokenizer_dir,
-                         self.codec_info)
+                         self.codec, size)
             if ema is not None:
                 export_model(self.run_dir / "final-ema", {**weights, **ema}, self.c, self.model_config,
-                             self.tokenizer_dir, self.codec_info)
+                             self.tokenizer_dir, self.codec, size)
         xdist.all_reduce([0.0], self.info.device)
 
 

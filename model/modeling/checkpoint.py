@@ -8,14 +8,13 @@ Three directory layouts load:
              tokenizer/, scheduler/ (Shitao/OmniGen-v1-diffusers); keys are renamed and q/k/v fused on load.
 Weight files may be sharded (`*.safetensors.index.json`).
 
-Where a model is looked for: an explicit local directory, then $X2I_OMNIGEN_DIR, then the Hugging Face cache
-(never the network); a miss names the file and every place looked.
+Where a model is looked for (x2i.weights): an explicit local directory, then $X2I_OMNIGEN_DIR, then the Hugging
+Face cache (never the network); a miss raises x2i.weights.MissingWeights naming the files and every place looked.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,13 @@ from pathlib import Path
 import torch
 
 from x2i.errors import X2IError
+from x2i.weights import ENV_VARS, WeightSpec, resolve
 
-from .config import FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config, to_phi3_config
-from .omnigen import OmniGen
+from .config import (DEFAULT_SIZE_KEY, FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config,
+                     to_phi3_config)
+from .transformer import OmniGen
 
-ENV_VAR = "X2I_OMNIGEN_DIR"
+ENV_VAR = ENV_VARS["omnigen"]
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DEFAULT_REPOS = ("Shitao/OmniGen-v1", "Shitao/OmniGen-v1-diffusers")
 
@@ -54,33 +55,38 @@ def detect_layout(root: str | Path) -> Layout:
     return Layout(kind, root, root / "model", root, root / "vae")
 
 
+def model_spec(repo_id: str | None = None) -> WeightSpec:
+    """What marks a checkpoint folder (detect_layout's markers): config.json (ours, official), model_index.json or
+    transformer/config.json (diffusers); the weights are checked when they load, with a message of their own."""
+    repos = (repo_id,) if repo_id else DEFAULT_REPOS
+    return WeightSpec(repos[0], (("config.json", "model_index.json", "transformer/config.json"),), kind="omnigen",
+                      layout="flat", also_repos=tuple(repos[1:]))
+
+
 def resolve_model_dir(spec: str | Path | None = None) -> Path:
     """`spec` as a local directory, else as a repo id in the Hugging Face cache. With no `spec`: $X2I_OMNIGEN_DIR,
-    else the OmniGen-v1 repos in the cache. The cache is read offline (local_files_only): nothing is downloaded."""
-    looked = []
-    if spec is not None:
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            return path
-        looked.append(f"local directory {path} (not found)")
-        repos = [str(spec)] if REPO_ID.fullmatch(str(spec)) else []
-    else:
-        env = os.environ.get(ENV_VAR)
-        if env and Path(env).expanduser().is_dir():
-            return Path(env).expanduser()
-        looked.append(f"${ENV_VAR}={env} (not a directory)" if env else f"${ENV_VAR} (unset)")
-        repos = list(DEFAULT_REPOS)
-    for repo in repos:
-        try:
-            from huggingface_hub import constants, snapshot_download
-        except ImportError:
-            looked.append(f"Hugging Face cache for {repo} (huggingface_hub not installed)")
-            continue
-        try:
-            return Path(snapshot_download(repo, local_files_only=True))
-        except Exception:  # noqa: BLE001 - any miss in the cache is reported below
-            looked.append(f"Hugging Face cache {constants.HF_HUB_CACHE} for {repo}")
-    raise X2IError("OmniGen model not found; looked in: " + "; ".join(looked))
+    else the OmniGen-v1 repos in the cache. Lookup only (x2i.weights): nothing is downloaded."""
+    hint = ("Download it on a machine with network access (`huggingface-cli download Shitao/OmniGen-v1`), then "
+            f"pass the folder (--model DIR) or set {ENV_VAR}=DIR")
+    if spec is None:
+        return resolve(model_spec(), who="OmniGen model", hint=hint).directory
+    path = Path(spec).expanduser()
+    repo = str(spec) if REPO_ID.fullmatch(str(spec)) and not path.is_dir() else None
+    return resolve(model_spec(repo), path, who="OmniGen model", hint=hint, use_env=False,
+                   use_cache=repo is not None).directory
+
+
+def default_image_size(layout: Layout) -> tuple[int, int] | None:
+    """(height, width) the model was trained at, when its config.json records it (folders `x2i train` wrote)."""
+    if layout.kind != "x2i":
+        return None
+    path = layout.root / "config.json"
+    size = json.loads(path.read_text()).get(DEFAULT_SIZE_KEY)
+    if size is None:  # folders written before the size was recorded
+        return None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+        raise X2IError(f"{path}: {DEFAULT_SIZE_KEY} must be [height, width] in pixels, got {size!r}")
+    return size[0], size[1]
 
 
 def weight_files(stem: Path) -> list[Path]:

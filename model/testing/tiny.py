@@ -1,4 +1,4 @@
-"""Random-weight checkpoints made on the spot (tests, benchmarks, CPU training): every file a real checkpoint has
+"""Random-weight models and checkpoints made on the spot, for tests and benchmarks: every file a real checkpoint has
 (config.json, model.safetensors, a locally built tokenizer, a tiny random AutoencoderKL in vae/), no downloads."""
 from __future__ import annotations
 
@@ -8,11 +8,22 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_model, to_diffusers_state_dict
-from .config import OmniGenConfig, preset, to_diffusers_kwargs
-from .omnigen import OmniGen
-from .tokenizer import build_tiny_tokenizer
-from .vae import PixelCodec, save_pixel_codec, tiny_autoencoder
+from ..codecs.base import SDXL_SCALING_FACTOR
+from ..codecs.pixel import PixelCodec
+from ..inference.tokenizer import build_tiny_tokenizer
+from ..modeling.checkpoint import save_model, to_diffusers_state_dict
+from ..modeling.config import OmniGenConfig, preset, to_diffusers_kwargs
+from ..modeling.transformer import OmniGen
+
+
+def tiny_autoencoder(seed: int = 0):
+    """A random AutoencoderKL with the SDXL VAE's interface (4 latent channels, 8x downsampling), ~100k params."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+                         block_out_channels=(8, 8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=SDXL_SCALING_FACTOR, sample_size=64)
 
 
 @torch.no_grad()
@@ -69,9 +80,7 @@ def make_tiny_checkpoint(directory: str | Path, config: OmniGenConfig | str = "t
         save_model(model, directory, layout=layout)
         build_tiny_tokenizer(directory)
     if pixel_codec_factor:
-        save_pixel_codec(PixelCodec(pixel_codec_factor), directory / "vae")
+        PixelCodec(pixel_codec_factor).save(directory / "vae")
     else:
         tiny_autoencoder(seed).save_pretrained(str(directory / "vae"), safe_serialization=True)
     return directory
-
-

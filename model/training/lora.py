@@ -2,7 +2,7 @@
 
 An adapter is saved in peft's own format (adapter_config.json + adapter_model.safetensors), so peft and other
 tools read it; `merge_lora` folds it into the base weights, giving a plain OmniGen that saves as a normal
-checkpoint (`x2i.model.checkpoint.save_model`).
+checkpoint (`x2i.model.modeling.checkpoint.save_model`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from x2i.errors import X2IError
 
-from .omnigen import OmniGen
+from ..modeling.transformer import OmniGen
 
 DEFAULT_TARGETS = ("qkv_proj", "o_proj")
 

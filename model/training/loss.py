@@ -1,5 +1,5 @@
-"""Rectified flow as OmniGen uses it: x_t = t * x1 + (1 - t) * x0 with t = 0 pure noise (x0) and t = 1 data (x1);
-the model predicts the velocity x1 - x0. Sampling integrates it with Euler steps over linspace(0, 1, steps + 1)."""
+"""The training loss of rectified flow as OmniGen uses it: x_t = t * x1 + (1 - t) * x0 with t = 0 pure noise (x0)
+and t = 1 data (x1); the model predicts the velocity x1 - x0. Sampling is x2i.model.inference.scheduler."""
 from __future__ import annotations
 
 import torch
@@ -8,22 +8,6 @@ import torch
 def sample_timesteps(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Training times t = sigmoid(u), u ~ N(0, 1) (logit-normal: most weight in the middle)."""
     return torch.sigmoid(torch.randn(n, generator=generator))
-
-
-def sampling_times(steps: int) -> torch.Tensor:
-    return torch.linspace(0, 1, steps + 1)
-
-
-def guide(preds: list[torch.Tensor], guidance_scale: float, image_guidance_scale: float) -> torch.Tensor:
-    """Combine branch velocities [cond, uncond(, images_only)]:
-    uncond + img_s * (images_only - uncond) + s * (cond - images_only), or uncond + s * (cond - uncond)."""
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        cond, uncond = preds
-        return uncond + guidance_scale * (cond - uncond)
-    cond, uncond, images_only = preds
-    return uncond + image_guidance_scale * (images_only - uncond) + guidance_scale * (cond - images_only)
 
 
 def flow_matching_loss(model, cond, x1, t: torch.Tensor | None = None, noise=None,
