@@ -4,9 +4,10 @@ A model trained on rows whose input is a crop of the output learns to paste. The
 cross-correlation (OpenCV `matchTemplate`, TM_CCOEFF_NORMED, colour) of each input image against the output over
 a few scales; the row is a copy when the best score is >= `threshold` (0.97). For a segmented input (the subject
 cut out onto a neutral background, `meta.subject_input == "mask"`) only the subject's region counts: the pixels
-that differ from `meta.background`, dilated by 2 px so the outline is part of the template (a flat-coloured
-subject carries its identity in its outline). Plain crops score ~1.0; frames of one video shot, where pose,
-scale and light change, score well below.
+that differ from `meta.background`, eroded by 1 px (anti-aliased edges mix in the neutral background). A
+flat-coloured subject has no texture for a correlation to see; it carries its identity in its silhouette, so
+then the mask itself is matched against the output's map of pixels of the subject's colour. Plain crops score
+~1.0; frames of one video shot, where pose, scale and light change, score well below.
 
 `copy_scores(sample)` gives the best score per input; `CopyPasteStep` (recipe step `copy_paste`) records them in
 `meta.copy_paste` and drops copies with reason `copy_paste`; its `after_build` hook puts the build's rate into
@@ -28,14 +29,34 @@ from x2i.steps import Context, FilterStep
 DEFAULT_SCALES = (0.5, 0.63, 0.8, 0.9, 1.0, 1.11, 1.25, 1.6, 2.0)
 
 
-def subject_mask(rgb: np.ndarray, background: tuple[int, int, int], tolerance: int = 12, ring: int = 2) -> np.ndarray:
-    """Pixels of a segmented input that are not its neutral background, grown by `ring` px (uint8 0/255)."""
+FLAT_STD = 4.0  # per-channel std (0-255) under the mask below which a subject is flat colour
+COLOUR_TOLERANCE = 30  # a pixel of the output "has the subject's colour" within this (max over channels)
+
+
+def subject_mask(rgb: np.ndarray, background: tuple[int, int, int], tolerance: int = 12, erode: int = 1) -> np.ndarray:
+    """Pixels of a segmented input that are not its neutral background, shrunk by `erode` px (uint8 0/255)."""
     import cv2
 
     fg = (np.abs(rgb.astype(np.int16) - np.array(background, np.int16)).max(axis=2) > tolerance).astype(np.uint8)
-    if ring > 0:
-        fg = cv2.dilate(fg, np.ones((2 * ring + 1, 2 * ring + 1), np.uint8))
+    if erode > 0:
+        fg = cv2.erode(fg, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8))
     return fg * 255
+
+
+def masked_score(inp: np.ndarray, out: np.ndarray, mask: np.ndarray, scales: tuple[float, ...], max_side: int) -> float:
+    """Copy score of a segmented subject: masked NCC, or for a flat subject its silhouette against the output's
+    same-colour pixels."""
+    sub = inp[mask > 0]
+    if sub.size == 0:
+        return -1.0
+    if float(sub.std(axis=0).max()) >= FLAT_STD:
+        return copy_score(inp, out, mask, scales, max_side)
+    import cv2
+
+    colour = np.median(sub, axis=0)
+    silhouette = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # undo the 1 px erosion: the whole outline counts
+    same = (np.abs(out.astype(np.int16) - colour.astype(np.int16)).max(axis=2) <= COLOUR_TOLERANCE)
+    return copy_score(silhouette, same.astype(np.uint8) * 255, None, scales, max_side)
 
 
 def copy_score(template: np.ndarray, image: np.ndarray, mask: np.ndarray | None = None,
@@ -83,8 +104,9 @@ def copy_scores_of(inputs: list[bytes], output: bytes, meta: dict[str, Any],
     scores = []
     for data in inputs:
         inp = _rgb(data)
-        mask = subject_mask(inp, bg) if masked else None
-        scores.append(round(copy_score(inp, out, mask, scales, max_side), 4))
+        score = masked_score(inp, out, subject_mask(inp, bg), scales, max_side) if masked else \
+            copy_score(inp, out, None, scales, max_side)
+        scores.append(round(score, 4))
     return scores
 
 
