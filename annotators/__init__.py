@@ -39,6 +39,9 @@ ANNOTATORS: dict[str, Entry] = {
     # segmentation
     "seg_upernet": Entry("x2i.annotators.segmentation:SemanticSegmentation"),
     "sam": Entry("x2i.annotators.segmentation:SamBoxMasks"),
+    "grabcut": Entry("x2i.annotators.subjects:GrabCutBoxMasks"),
+    # open-vocabulary detection
+    "grounding_dino": Entry("x2i.annotators.subjects:GroundingDinoDetector"),
 }
 
 _CACHE: dict[str, Annotator] = {}

@@ -141,7 +141,36 @@ def _sam(size: Size):
     return config, processor, "SamModel"
 
 
-TRANSFORMERS_BUILDERS = {"depth_anything": _depth_anything, "depth_dpt": _dpt, "seg_upernet": _upernet, "sam": _sam}
+def _grounding_dino(size: Size):
+    """Grounding DINO with a BERT tokenizer over a small vocabulary (the published repo's file layout)."""
+    import tempfile
+
+    from transformers import (BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoImageProcessor,
+                              GroundingDinoProcessor, SwinConfig)
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "a", "an", "the", "red", "green", "blue",
+             "yellow", "purple", "orange", "circle", "square", "triangle", "star", "object", "person", "animal"]
+    words += list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = Path(tempfile.mkdtemp()) / "vocab.txt"
+    vocab.write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(vocab), do_lower_case=True)
+    if size == "real":  # grounding-dino-tiny: Swin-T + BERT-base (the tokenizer here is still the small one)
+        config = GroundingDinoConfig(text_config=BertConfig(vocab_size=len(words)))
+        image = GroundingDinoImageProcessor()
+    else:  # decoder_layers >= 2: the box heads of layers 1.. are tied to layer 0's
+        backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                              window_size=4, out_indices=[2, 3, 4])
+        text = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=64)
+        config = GroundingDinoConfig(backbone_config=backbone, text_config=text, d_model=32, encoder_layers=1,
+                                     decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, num_queries=20,
+                                     encoder_n_points=2, decoder_n_points=2, max_text_len=32)
+        image = GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    return config, GroundingDinoProcessor(image_processor=image, tokenizer=tokenizer), "GroundingDinoForObjectDetection"
+
+
+TRANSFORMERS_BUILDERS = {"grounding_dino": _grounding_dino, "depth_anything": _depth_anything, "depth_dpt": _dpt, "seg_upernet": _upernet, "sam": _sam}
 
 
 def write(name: str, directory: str | Path, size: Size = "tiny", seed: int = 0) -> Path:
@@ -157,8 +186,12 @@ def write(name: str, directory: str | Path, size: Size = "tiny", seed: int = 0) 
         config, processor, cls_name = TRANSFORMERS_BUILDERS[name](size)
         model = getattr(transformers, cls_name)(config).eval()
         model.save_pretrained(d)
-        # Published repos hold the image processor's preprocessor_config.json (SAM's too), so write just that.
-        getattr(processor, "image_processor", processor).save_pretrained(d)
+        # Published repos hold the image processor's preprocessor_config.json (SAM's too), so write just that;
+        # Grounding DINO's also hold its tokenizer, so it writes the whole processor.
+        if name == "grounding_dino":
+            processor.save_pretrained(d)
+        else:
+            getattr(processor, "image_processor", processor).save_pretrained(d)
     else:
         _controlnet_aux(name, d)
     return d

@@ -25,6 +25,7 @@ BUILDERS: dict[str, str] = {
     "referring_segmentation": "x2i.builders.referring_segmentation:ReferringSegmentationBuilder",
     "layout": "x2i.builders.layout:LayoutBuilder",
     "few_shot": "x2i.builders.few_shot:FewShotBuilder",
+    "in_context": "x2i.builders.in_context:InContextBuilder",
 }
 
 # recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__
@@ -35,6 +36,7 @@ STEPS: dict[str, str] = {
     "meta_threshold": "x2i.curation.filters:MetaThresholdStep",
     "size_filter": "x2i.curation.filters:SizeFilterStep",
     "caption_clean": "x2i.curation.filters:CaptionCleanStep",
+    "copy_paste": "x2i.curation.copy_paste:CopyPasteStep",
 }
 
 

@@ -7,6 +7,12 @@ full image is the output: `The cat is in <img><|image_1|></img>. A cat sleeps on
 Usable chunk: confidence >= min_confidence, box area within [min_box_area, max_box_area] of the image (an
 entity filling the frame teaches nothing about the subject), crop sides >= min_crop_side px in the source,
 crop aspect <= max_aspect. Every rejected chunk is counted with its reason.
+
+`subject_input: crop` (default) gives the plain crop; `mask` cuts the subject out with a box-prompted masker
+(`masker: grabcut`, weight-free, or `sam` when its weights are present) onto a neutral background, so the input
+no longer appears verbatim in the output (plain crops do: see docs/in_context.md). `augment` adds
+identity-preserving changes (flip, small rotation, scale, background colour) drawn from a separate generator,
+recorded in `meta.entities[k].augment`; with the defaults nothing is drawn and rows stay byte-identical.
 """
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
+from x2i.errors import X2IError
 from x2i.imageio import FitTransform, encode, fit, fit_pil
 from x2i.prompt import placeholder
 from x2i.sample import RejectSample, Sample
@@ -42,6 +52,74 @@ class SubjectDrivenParams:
     max_entities: int = 3
     max_multi_overlap: float = 0.3  # IoU above which two entities are too entangled to crop apart
     max_single_per_image: int | None = None  # cap single-entity samples per source image (None: all)
+    subject_input: str = "crop"  # crop | mask (the subject cut out onto `background`)
+    masker: str = "grabcut"  # box_mask annotator for subject_input mask: grabcut (no weights) or sam
+    masker_weights: str | None = None
+    masker_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    skip_missing: bool = True  # masker weights missing: fall back to grabcut with a note instead of failing
+    background: list[int] = field(default_factory=lambda: [255, 255, 255])  # neutral background of masked subjects
+    augment: dict[str, Any] = field(default_factory=dict)  # {flip: p, rotate: deg, scale: [lo, hi], backgrounds: [[r,g,b], ...]}
+
+
+AUGMENT_KEYS = {"flip", "rotate", "scale", "backgrounds"}
+
+
+def segmented_subject(rgb: Image.Image, mask: np.ndarray, background: tuple[int, int, int], pad: float,
+                      max_side: int, multiple: int) -> tuple[Image.Image, dict[str, Any]]:
+    """The masked subject on a plain background: cut to the mask's bounding box plus `pad`, padded (never
+    cropped: the subject must stay whole) to multiples of `multiple`, downscaled to `max_side`."""
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    px, py = int((x1 - x0) * pad) + 1, int((y1 - y0) * pad) + 1
+    x0, y0, x1, y1 = max(0, x0 - px), max(0, y0 - py), min(rgb.width, x1 + px), min(rgb.height, y1 + py)
+    arr = np.asarray(rgb, dtype=np.uint8)[y0:y1, x0:x1]
+    m = mask[y0:y1, x0:x1, None]
+    cut = np.where(m, arr, np.array(background, np.uint8)[None, None]).astype(np.uint8)
+    im = Image.fromarray(cut, "RGB")
+    scale = min(1.0, max_side / max(im.size))
+    if scale < 1.0:
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+    w, h = (-(-max(im.width, multiple) // multiple) * multiple, -(-max(im.height, multiple) // multiple) * multiple)
+    if max(w, h) > max_side:  # padding up must not break the size policy: shrink so the padded side fits
+        k = (max_side - multiple) / max(im.size)
+        im = im.resize((max(1, int(im.width * k)), max(1, int(im.height * k))), Image.Resampling.LANCZOS)
+        w, h = (-(-im.width // multiple) * multiple, -(-im.height // multiple) * multiple)
+    canvas = Image.new("RGB", (w, h), tuple(background))
+    canvas.paste(im, ((w - im.width) // 2, (h - im.height) // 2))
+    return canvas, {"cut_px": [x0, y0, x1, y1], "mask_fill": round(float(m.mean()), 4), "scale": round(scale, 6)}
+
+
+def augment_subject(im: Image.Image, mask_bg: tuple[int, int, int], spec: dict[str, Any], rng
+                    ) -> tuple[Image.Image, dict[str, Any]]:
+    """Identity-preserving changes of a masked subject image (the subject stays the same object)."""
+    done: dict[str, Any] = {}
+    arr = np.asarray(im)
+    fg = np.abs(arr.astype(np.int16) - np.array(mask_bg, np.int16)).max(axis=2) > 8
+    bg = tuple(mask_bg)
+    if spec.get("backgrounds"):
+        bg = tuple(int(v) for v in spec["backgrounds"][int(rng.integers(len(spec["backgrounds"])))])
+        arr = np.where(fg[..., None], arr, np.array(bg, np.uint8)).astype(np.uint8)
+        done["background"] = list(bg)
+    im = Image.fromarray(arr, "RGB")
+    if spec.get("flip") and rng.random() < float(spec["flip"]):
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        done["flip"] = True
+    if spec.get("rotate"):
+        angle = float(rng.uniform(-spec["rotate"], spec["rotate"]))
+        im = im.rotate(angle, Image.Resampling.BICUBIC, expand=False, fillcolor=bg)
+        done["rotate"] = round(angle, 3)
+    if spec.get("scale"):
+        lo, hi = spec["scale"]
+        k = float(rng.uniform(lo, hi))
+        small = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.Resampling.LANCZOS)
+        canvas = Image.new("RGB", im.size, bg)
+        canvas.paste(small, ((im.width - small.width) // 2, (im.height - small.height) // 2))
+        im = canvas if k <= 1 else small.crop(((small.width - im.width) // 2, (small.height - im.height) // 2,
+                                              (small.width - im.width) // 2 + im.width,
+                                              (small.height - im.height) // 2 + im.height))
+        done["scale"] = round(k, 4)
+    return im, done
 
 
 def entity_name(phrase: str) -> tuple[str, str]:
@@ -62,9 +140,13 @@ class SubjectDrivenStep(MapStep):
     name = "subject_driven"
 
     def __init__(self, params: SubjectDrivenParams, max_side: int, max_input_side: int, multiple: int,
-                 quality: int):
+                 quality: int, masker=None):
         self.p = params
+        self.masker = masker
         self.max_side, self.max_input_side, self.multiple, self.quality = max_side, max_input_side, multiple, quality
+
+    def needs(self) -> list[tuple[str, str]]:
+        return masker_needs(self.masker)
 
     def _usable(self, sample: Sample, ctx: Context) -> list[dict[str, Any]]:
         width, height = sample.output_image.width, sample.output_image.height
@@ -101,9 +183,30 @@ class SubjectDrivenStep(MapStep):
         mx, my = (x1 - x0) * margin, (y1 - y0) * margin
         crop = [max(0, int(round(x0 - mx))), max(0, int(round(y0 - my))),
                 min(width, int(round(x1 + mx))), min(height, int(round(y1 + my)))]
+        if self.p.subject_input == "mask" or self.p.augment:
+            return self._subject(image.pil(), ent, crop, margin, (x0, y0, x1, y1))
         pixels, _ = fit_pil(image.pil(), self.max_input_side, self.multiple, region=tuple(crop))
         fitted = encode(pixels, "JPEG", self.quality)
         return fitted, {"crop_px": crop, "margin": margin, "input_size": [fitted.width, fitted.height]}
+
+    def _subject(self, pil: Image.Image, ent: dict[str, Any], crop: list[int], margin: float, box: tuple
+                 ) -> tuple[Any, dict[str, Any]]:
+        """The masked (and/or augmented) subject input; its own generator keeps the row's other draws intact."""
+        info: dict[str, Any] = {"crop_px": crop, "margin": margin, "subject_input": self.p.subject_input}
+        bg = tuple(self.p.background)
+        if self.p.subject_input == "mask":
+            (masks, scores), = self.masker.masks([pil], [[box]])
+            mask = masks[0]
+            info.update(mask_source=self.masker.name if scores[0] > 0 else "box", mask_score=scores[0])
+            im, cut = segmented_subject(pil, mask, bg, margin, self.max_input_side, self.multiple)
+            info.update(cut)
+        else:
+            im, _ = fit_pil(pil, self.max_input_side, self.multiple, region=tuple(crop))
+        if self.p.augment:
+            im, info["augment"] = augment_subject(im, bg, self.p.augment, self._aug_rng)
+        fitted = encode(im, "JPEG", self.quality)
+        info["input_size"] = [fitted.width, fitted.height]
+        return fitted, info
 
     def _record(self, ent: dict[str, Any], crop_info: dict[str, Any], t: FitTransform, width: int,
                 height: int) -> dict[str, Any]:
@@ -151,7 +254,15 @@ class SubjectDrivenStep(MapStep):
         meta.update(entities=records, template=template_index, kind=kind, source_size=[width, height],
                     output_transform={"scale": t.scale, "crop_left": t.crop_left, "crop_top": t.crop_top})
         out = Sample(TASK, instruction, output, inputs, sample.source, sample.source_key, meta)
-        return out.with_id({"kind": kind, "chunks": [e.get("chunk_index") for e in ents]})
+        params: dict[str, Any] = {"kind": kind, "chunks": [e.get("chunk_index") for e in ents]}
+        if self.p.subject_input != "crop" or self.p.augment:  # crop-mode ids stay as they always were
+            params.update(subject_input=self.p.subject_input, augment=self.p.augment)
+        meta["subject_input"] = self.p.subject_input if self.p.subject_input != "crop" else meta.get("subject_input")
+        if meta["subject_input"] is None:
+            del meta["subject_input"]
+        else:
+            meta["background"] = list(self.p.background)
+        return out.with_id(params)
 
     def process(self, sample: Sample, ctx: Context) -> list[Sample]:
         if not sample.meta.get("entities"):
@@ -163,6 +274,8 @@ class SubjectDrivenStep(MapStep):
         # One generator per source row, drawn in a fixed order (margins, singles, group, templates): the row
         # alone decides every choice, and the generator is built once per row rather than once per draw.
         rng = ctx.rng(sample.source, sample.source_key, TASK)
+        if self.p.augment:  # a generator of its own: augmenting never shifts the row's other draws
+            self._aug_rng = ctx.rng(sample.source, sample.source_key, TASK, "augment")
         lo, hi = self.p.margin
         margins = {id(e): float(rng.uniform(lo, hi)) if hi > lo else lo for e in usable}
         singles = usable
@@ -197,6 +310,45 @@ class SubjectDrivenBuilder(Builder):
     source_formats = ("grit",)
     Params = SubjectDrivenParams
 
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        p = self.params
+        if p.subject_input not in ("crop", "mask"):
+            raise X2IError(f"params.subject_input: {p.subject_input!r}; choose crop or mask")
+        unknown = sorted(set(p.augment) - AUGMENT_KEYS)
+        if unknown:
+            raise X2IError(f"params.augment: unknown key(s) {unknown}; allowed: {sorted(AUGMENT_KEYS)}")
+        self.masker, self._notes = None, []
+        if p.subject_input == "mask":
+            self.masker, self._notes = make_masker(p.masker, p.masker_options, p.device, p.masker_weights,
+                                                   p.skip_missing)
+
     def steps(self) -> list[Step]:
         o = self.recipe.output
-        return [SubjectDrivenStep(self.params, o.max_side, o.max_input_side, o.multiple, o.jpeg_quality)]
+        return [SubjectDrivenStep(self.params, o.max_side, o.max_input_side, o.multiple, o.jpeg_quality,
+                                  self.masker)]
+
+    def notes(self) -> list[str]:
+        return self._notes
+
+
+def make_masker(name: str, options: dict[str, Any], device: str, weights: str | None, skip_missing: bool):
+    """(box-prompted masker, notes): `name` when usable, else GrabCut with a note (or MissingWeights)."""
+    from x2i.annotators import MissingWeights, get
+
+    masker = get(name, options, device, weights)
+    if masker.kind != "box_mask":
+        raise X2IError(f"params.masker: {name} is a {masker.kind} annotator, not a box masker")
+    try:
+        masker.resolve_weights()
+        return masker, []
+    except MissingWeights as exc:
+        if not skip_missing:
+            raise
+        return get("grabcut"), [f"masker {name} skipped (missing {', '.join(exc.files)}): using grabcut "
+                                "(meta.entities[k].mask_source); see `x2i annotators list`"]
+
+
+def masker_needs(masker) -> list[tuple[str, str]]:
+    """The optional modules a model-based masker imports (GrabCut needs only OpenCV, a core dependency)."""
+    return [(m, "annotators") for m in masker.modules()] if masker is not None else []

@@ -2,6 +2,12 @@
 
 Rows per task, input images per sample, output sizes (histogram of the longer side, aspect ratios), instruction
 lengths, quality-score summaries, and rejects per reason (from manifest.json, or the rejects ledger).
+
+Copy-paste rate (subject tasks only: `COPY_PASTE_TASKS`): the share of rows whose input appears verbatim in the
+output (x2i/curation/copy_paste.py). Rows that went through the `copy_paste` step carry their scores in meta and
+cost nothing; other rows are measured by decoding their images, at most `COPY_PASTE_ROWS` per task (the first in
+shard order), and the report says how many were measured. Edit and condition tasks are left out: an edit's input
+is the output by design.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import pyarrow.parquet as pq
 from x2i.shards import shard_files
 
 SIDE_BINS = [0, 256, 384, 512, 640, 768, 1024, 1536, 2048, 10**9]
+COPY_PASTE_TASKS = ("subject_driven", "in_context", "few_shot/subject_driven", "few_shot/in_context")
+COPY_PASTE_ROWS = 300
 STAT_COLUMNS = ["task", "width", "height", "instruction", "aesthetic", "clip_score", "input_images.list.element.path"]
 
 
@@ -72,6 +80,7 @@ def compute(path: str | Path) -> dict[str, Any]:
         per_task[task] = {"rows": len(idx),
                           "inputs_per_sample": dict(sorted(Counter(cols["inputs"][i] for i in idx).items()))}
     rejects = rejects_of(path)
+    copy_paste = copy_paste_rates(path, [t for t in per_task if t in COPY_PASTE_TASKS])
     return {
         "rows": n,
         "tasks": per_task,
@@ -82,7 +91,47 @@ def compute(path: str | Path) -> dict[str, Any]:
         "clip_score": _summary(cols["clip_score"]),
         "rejects": dict(sorted(rejects.items(), key=lambda kv: -kv[1])),
         "rejects_total": sum(rejects.values()),
+        "copy_paste": copy_paste,
     }
+
+
+def copy_paste_rates(path: str | Path, tasks: list[str], max_rows: int = COPY_PASTE_ROWS,
+                     threshold: float = 0.97) -> dict[str, dict[str, Any]]:
+    """Per task: rows checked, copies and their share (scores from meta, else measured on up to max_rows)."""
+    if not tasks:
+        return {}
+    import json
+
+    from x2i.curation.copy_paste import copy_scores_of
+
+    out: dict[str, dict[str, Any]] = {t: {"rows_checked": 0, "copies": 0, "measured": 0} for t in tasks}
+    for f in shard_files(Path(path)):
+        pf = pq.ParquetFile(f)
+        table = pf.read(columns=["task", "meta"])  # images are read only for rows that still need measuring
+        need_images = []
+        for i, (task, meta) in enumerate(zip(table.column("task").to_pylist(), table.column("meta").to_pylist())):
+            if task not in out:
+                continue
+            m = json.loads(meta or "{}")
+            cp = m.get("copy_paste")
+            if cp is not None:
+                out[task]["rows_checked"] += 1
+                out[task]["copies"] += int(max(cp["scores"] or [-1]) >= threshold)
+            elif out[task]["measured"] < max_rows:
+                out[task]["measured"] += 1
+                need_images.append((i, task, m))
+        if need_images:
+            images = pf.read(columns=["input_images", "output_image"])
+            for i, task, m in need_images:
+                inputs = [im["bytes"] for im in images.column("input_images")[i].as_py() or []]
+                if not inputs:
+                    continue
+                scores = copy_scores_of(inputs, images.column("output_image")[i].as_py()["bytes"], m)
+                out[task]["rows_checked"] += 1
+                out[task]["copies"] += int(max(scores) >= threshold)
+    for entry in out.values():
+        entry["rate"] = round(entry["copies"] / entry["rows_checked"], 4) if entry["rows_checked"] else None
+    return out
 
 
 def render(stats: dict[str, Any]) -> str:
@@ -101,6 +150,9 @@ def render(stats: dict[str, Any]) -> str:
         if s:
             lines.append(f"{key}: mean {s['mean']} median {s['median']} [p5 {s['p5']}, p95 {s['p95']}] "
                          f"(min {s['min']}, max {s['max']}, n {s['count']})")
+    for task, cp in stats.get("copy_paste", {}).items():
+        lines.append(f"copy-paste {task}: {cp['copies']}/{cp['rows_checked']} rows = {cp['rate']} "
+                     f"(input verbatim in output, NCC >= 0.97; {cp['measured']} measured here)")
     lines.append(f"rejects: {stats['rejects_total']}")
     for reason, count in stats["rejects"].items():
         lines.append(f"  {reason:32s} {count:>8d}")

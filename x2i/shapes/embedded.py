@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from x2i.config import from_dict
+from x2i.shapes.clips import write_clips
 from x2i.shapes.img2dataset_writer import DownloadRecord, write_shard
 from x2i.shapes.photos import PHOTOS
 from x2i.shapes.world import make_scene
@@ -114,7 +115,8 @@ def write_grit(out: Path, opts: EmbeddedOptions) -> Path:
 
 # format -> writer(out_dir, options) returning the folder the source of that format should read
 WRITERS: dict[str, Callable[[Path, EmbeddedOptions], Path]] = {"grit": write_grit, "laion": write_laion,
-                                                                "magicbrush": write_magicbrush}
+                                                                "magicbrush": write_magicbrush,
+                                                                "video": write_clips}  # scenes = clips
 
 
 def embedded_source(fmt: str, options: dict[str, Any] | None = None) -> Path:

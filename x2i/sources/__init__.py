@@ -26,6 +26,8 @@ SOURCE_FORMATS: dict[str, str] = {
     "ultraedit": "x2i.sources.edits:UltraEditSource",
     "hq_edit": "x2i.sources.edits:HQEditSource",
     "seed_data_edit": "x2i.sources.seed_edit:SeedDataEditSource",
+    "video": "x2i.sources.video:VideoSource",
+    "image_groups": "x2i.sources.video:ImageGroupsSource",
 }
 
 
