@@ -1,10 +1,13 @@
 """Few-shot (in-context) samples: 1-2 solved examples of a task, then the query, in one interleaved prompt.
 
-The base task's builder runs first (vision, control, referring_segmentation, layout, subject_driven); its samples
-are gathered in pools of `pool_size` in stream order, and each sample of a pool becomes a query whose examples are
-drawn, with the query's own seeded generator, from the other samples of the same task and a different source
-image in that pool. Partitions are processed independently and identically by every executor, so the result
-depends only on the recipe and the partition, not on the executor or worker count.
+The base task's builder runs first: any registered builder by name (image_edit, subject_driven, vision, control,
+referring_segmentation, layout, in_context once registered, ...) except text_to_image (no input image to show)
+and few_shot itself; the recipe's source must be one that builder reads. Its samples are gathered in pools of
+`pool_size` in stream order, and each sample of a pool becomes a query whose examples are drawn, with the
+query's own seeded generator, from the other samples of the same task that do not share its source item (see
+`source_item`: a MagicBrush session, an HQ-Edit row and its inverse, a GRIT image) nor any image bytes. Partitions
+are processed independently and identically by every executor, so the result depends only on the recipe and the
+partition, not on the executor or worker count.
 
 Images are numbered in order of appearance: example 1's inputs, example 1's output, example 2's ..., the query's
 inputs (`x2i.prompt.renumber`). The total input images per sample is capped (`max_input_images`, default 5):
@@ -15,11 +18,15 @@ examples are dropped from the end until it fits.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from x2i.builders import BUILDERS, Builder, _load
+from x2i.config import from_dict
 from x2i.errors import X2IError
 from x2i.prompt import check, placeholder, renumber
 from x2i.recipe import Recipe
@@ -32,12 +39,16 @@ TEMPLATES = (
     ("Here is an example. Instruction: {instruction} Result: {output}", "Following the example, {query}"),
     ("Task example {n}. {instruction} -> {output}", "Your turn. {query}"),
 )
-BASE_TASKS = ("vision", "control", "referring_segmentation", "layout", "subject_driven")
+# Builders few-shot cannot take: text_to_image has no input image to show as an example, few_shot would nest.
+NOT_BASE = ("text_to_image", "few_shot")
+# Key suffixes that name another sample of the same source item: inverse edits, chains, turns of a session.
+_DERIVED = re.compile(r"#(inverse|chain\d+-\d+)$")
+_TURN = re.compile(r"^(.*#\d+)#\d+$")  # SEED-Data-Edit multi-turn: <file>#<line>#<turn>
 
 
 @dataclass
 class FewShotParams:
-    task: str = "vision"  # the base builder whose samples become examples and queries
+    task: str = "vision"  # the base builder (any registered one but NOT_BASE) whose samples become examples
     task_params: dict[str, Any] = field(default_factory=dict)  # that builder's params (checked by it)
     annotators: list[str] | None = None  # shortcut for task_params.annotators (what `--annotators` sets)
     examples: list[int] = field(default_factory=lambda: [1, 2])  # [min, max] examples per query
@@ -88,20 +99,23 @@ class FewShotStep(Step):
         by_task: dict[str, list[Sample]] = {}
         for s in pool:
             by_task.setdefault(s.task, []).append(s)
+        items = {id(s): (source_item(s), image_digests(s)) for s in pool}
         for query in pool:
-            out = self._guard(query, ctx, lambda q=query: self._compose(q, by_task[q.task], ctx))
+            out = self._guard(query, ctx, lambda q=query: self._compose(q, by_task[q.task], items, ctx))
             if out is not None:
                 yield out
 
-    def _compose(self, query: Sample, same_task: list[Sample], ctx: Context) -> Sample | None:
+    def _compose(self, query: Sample, same_task: list[Sample], items: dict, ctx: Context) -> Sample | None:
         task = f"few_shot/{query.task}"
-        candidates = [s for s in same_task if s.source_key != query.source_key or s.source != query.source]
+        item, digests = items[id(query)]
+        candidates = [s for s in same_task if s.id != query.id and items[id(s)][0] != item
+                      and not digests & items[id(s)][1]]
 
         def reject(reason: str, detail: str) -> None:
             ctx.reject(None, reason, self.name, detail, source=query.source, source_key=query.source_key, task=task)
 
         if not candidates:
-            reject("few_shot_no_example", f"no other {query.task} sample from another image in the pool")
+            reject("few_shot_no_example", f"no other {query.task} sample from another source item in the pool")
             return None
         rng = ctx.rng("few_shot", query.id)
         lo, hi = self.p.examples
@@ -124,27 +138,60 @@ class FewShotStep(Step):
         return out.with_id({"query": query.id, "examples": [e.id for e in chosen], "template": template})
 
 
+def source_item(sample: Sample) -> tuple[str, str]:
+    """The source item a sample was made from: samples of one item must not serve as each other's examples (the
+    answer would be in the prompt). GRIT builders keep the image's key; MagicBrush turns and chains share meta
+    img_id; HQ-Edit / SEED-Data-Edit inverse edits, chains and turns extend their row's key with a suffix."""
+    img_id = sample.meta.get("img_id")
+    if img_id is not None:
+        return sample.source, f"img_id:{img_id}"
+    key = sample.source_key
+    while _DERIVED.search(key):
+        key = _DERIVED.sub("", key)
+    turn = _TURN.match(key)
+    return sample.source, turn.group(1) if turn else key
+
+
+def image_digests(sample: Sample) -> frozenset[bytes]:
+    """Digests of a sample's image bytes: a candidate sharing any image with the query shares its source."""
+    return frozenset(hashlib.blake2b(im.data, digest_size=16).digest()
+                     for im in [*sample.input_images, sample.output_image])
+
+
 class FewShotBuilder(Builder):
     name = "few_shot"
-    source_formats = ("grit",)
+    source_formats = ("grit",)  # replaced by the base builder's formats
     Params = FewShotParams
 
     def __init__(self, recipe: Recipe):
-        super().__init__(recipe)
-        p = self.params
-        if p.task not in BASE_TASKS or p.task not in BUILDERS:
+        # The source check belongs to the base builder (image_edit reads edit sets, the rest GRIT), so the
+        # base is made first and Builder.__init__'s fixed-format check is not used.
+        self.recipe = recipe
+        self.params = p = from_dict(self.Params, recipe.params, "params")
+        if p.task in NOT_BASE or p.task not in BUILDERS:
             raise X2IError(f"params.task: {p.task!r} is not a few-shot base task; choose from "
-                           f"{[t for t in BASE_TASKS if t in BUILDERS]}")
+                           f"{sorted(t for t in BUILDERS if t not in NOT_BASE)}")
         if len(p.examples) != 2 or not 1 <= p.examples[0] <= p.examples[1]:
             raise X2IError(f"params.examples: expected [min, max] with 1 <= min <= max, got {p.examples}")
         if p.max_input_images < 1 or p.pool_size < 2:
             raise X2IError("params.max_input_images must be >= 1 and params.pool_size >= 2")
+        base_cls = _load(BUILDERS[p.task])
+        if recipe.source.format not in base_cls.source_formats:
+            hint = next((f for f in ("grit", "magicbrush") if f in base_cls.source_formats),  # embedded samples
+                        base_cls.source_formats[0])
+            raise X2IError(f"params.task {p.task} reads source formats {list(base_cls.source_formats)}, not "
+                           f"{recipe.source.format!r}: add --format {hint}")
         task_params = dict(p.task_params)
         if p.annotators is not None:
+            fields = {f.name for f in dataclasses.fields(base_cls.Params)} if dataclasses.is_dataclass(
+                base_cls.Params) else set()
+            if "annotators" not in fields:
+                raise X2IError(f"params.annotators (--annotators) applies to annotator tasks (vision, control), "
+                               f"not {p.task}")
             task_params["annotators"] = p.annotators
         base_recipe = Recipe(name=f"{recipe.name}/{p.task}", builder=p.task, source=recipe.source, seed=recipe.seed,
                              params=task_params, steps=[], output=recipe.output)
-        self.base: Builder = _load(BUILDERS[p.task])(base_recipe)
+        self.base: Builder = base_cls(base_recipe)
         self.source_formats = self.base.source_formats
 
     def steps(self) -> list[Step]:

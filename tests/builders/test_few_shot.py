@@ -79,3 +79,111 @@ def test_annotators_shortcut_and_bad_params():
         make_builder(recipe("few_shot", task="few_shot"))
     with pytest.raises(X2IError, match="params.examples"):
         make_builder(recipe("few_shot", examples=[2, 1]))
+
+
+# -- every family ------------------------------------------------------------------------------------------------
+FAMILIES = {  # base builder -> (source format, its params, source rows read)
+    "vision": ("grit", {"annotators": ["canny"]}, 12),
+    "control": ("grit", {"annotators": ["canny"]}, 12),
+    "image_edit": ("magicbrush", {}, 16),
+    "subject_driven": ("grit", {}, 12),
+    "referring_segmentation": ("grit", {}, 8),
+    "layout": ("grit", {}, 12),
+}
+
+
+def family_recipe(task: str, seed: int = 0, **params):
+    from x2i.recipe import Recipe, load_recipe
+
+    fmt, task_params, _ = FAMILIES[task]
+    data = load_recipe("few_shot").to_dict()
+    data["seed"] = seed
+    data["source"]["format"] = fmt
+    data["params"].update(task=task, task_params=task_params, **params)
+    return Recipe.from_dict(data)
+
+
+def base_recipe(task: str, seed: int = 0):
+    from x2i.recipe import Recipe
+
+    r = family_recipe(task, seed).to_dict()
+    r.update(builder=task, params=FAMILIES[task][1], steps=[])
+    return Recipe.from_dict(r)
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, x2i_cache):
+    import os
+
+    os.environ["X2I_CACHE"] = str(x2i_cache)  # module scope: the function-scoped monkeypatch is not there yet
+    task = request.param
+    limit = FAMILIES[task][2]
+    shots, ctx = run_builder(family_recipe(task), limit=limit)
+    base, _ = run_builder(base_recipe(task), limit=limit)
+    return task, shots, ctx, {s.id: s for s in base}
+
+
+def test_family_rows_are_k_examples_then_the_query(family):
+    from x2i.builders.few_shot import source_item
+    from x2i.prompt import renumber
+
+    task, shots, ctx, base = family
+    assert len(shots) >= 4, (task, dict(ctx.reject_counts))
+    for s in shots:
+        fs = s.meta["few_shot"]
+        query, examples = base[fs["query_id"]], [base[e["id"]] for e in fs["examples"]]
+        assert s.task == f"few_shot/{query.task}" and query.task.split("/")[0] == task
+        assert 1 <= len(examples) <= 2 and len(s.input_images) <= 5
+        # images: example 1's inputs and output, example 2's ..., then the query's inputs; the output is the query's
+        expected = [im for e in examples for im in [*e.input_images, e.output_image]] + query.input_images
+        assert [im.data for im in s.input_images] == [im.data for im in expected]
+        assert s.output_image.data == query.output_image.data
+        check(s.instruction, len(s.input_images))
+        assert image_ids(s.instruction) == list(range(1, len(s.input_images) + 1))
+        offset = len(s.input_images) - len(query.input_images)
+        assert renumber(query.instruction, offset)[1:] in s.instruction  # the query comes last, renumbered
+        # never the query itself, nor anything made from the same source item
+        for e in examples:
+            assert e.id != query.id and source_item(e) != source_item(query)
+            assert not {im.data for im in [*e.input_images, e.output_image]} & {
+                im.data for im in [*query.input_images, query.output_image]}
+            if task == "image_edit":
+                assert e.meta["img_id"] != query.meta["img_id"]  # another MagicBrush session
+
+
+def test_family_is_deterministic_with_the_seed(family):
+    task, shots, _, _ = family
+    again, _ = run_builder(family_recipe(task), limit=FAMILIES[task][2])
+    assert [(s.id, s.instruction) for s in again] == [(s.id, s.instruction) for s in shots]
+    other, _ = run_builder(family_recipe(task, seed=1), limit=FAMILIES[task][2])
+    picks = lambda rows: {(s.source_key, s.meta["few_shot"]["query_task"]): [e["source_key"] for e in  # noqa: E731
+                          s.meta["few_shot"]["examples"]] for s in rows}
+    assert picks(other) != picks(shots)  # the seed drives the choice
+
+
+def test_source_items_of_edit_keys():
+    from x2i.builders.few_shot import source_item
+
+    def item(key, **meta):
+        return source_item(Sample("image_edit", "x", _img(1), [_img(2)], "s", key, meta))[1]
+
+    assert item("327726#2", img_id="327726") == item("327726#chain1-3", img_id="327726") == "img_id:327726"
+    assert item("train#4") == item("train#4#inverse") == "train#4" != item("train#5")
+    assert item("multi#0#2") == item("multi#0#2#inverse") == item("multi#0#chain1-2") == item("multi#0#1") \
+        == "multi#0"
+    assert item("1000003") == "1000003"
+
+
+def test_any_registered_builder_but_text_to_image(monkeypatch):
+    from x2i import builders
+
+    with pytest.raises(X2IError, match="not a few-shot base task.*image_edit"):
+        make_builder(recipe("few_shot", task="text_to_image", task_params={}))
+    with pytest.raises(X2IError, match="add --format magicbrush"):
+        make_builder(recipe("few_shot", task="image_edit", task_params={}))
+    with pytest.raises(X2IError, match="applies to annotator tasks"):
+        make_builder(recipe("few_shot", task="layout", annotators=["canny"]))
+    # a builder registered later (builders/in_context.py) is taken by its registry name, nothing else to change
+    monkeypatch.setitem(builders.BUILDERS, "in_context", builders.BUILDERS["subject_driven"])
+    b = make_builder(recipe("few_shot", task="in_context", task_params={}))
+    assert type(b.base).__name__ == "SubjectDrivenBuilder" and b.base.recipe.builder == "in_context"

@@ -65,7 +65,8 @@ def test_control_condition_is_canny_of_the_output_photo():
 
 
 def test_photos_are_fitted_and_conditions_aligned():
-    """A 600x400 photo becomes a 592x400 output (multiples of 16); the condition is the same view scaled."""
+    """A 600x400 photo is fitted to multiples of 16 with the condition the same view scaled by one factor
+    (builders.vision_control.aligned_fit): the vision output (the condition) and its input share one aspect."""
     r = recipe("vision", annotators=["canny"])
     data = r.to_dict()
     data["output"]["max_input_side"] = 256
@@ -76,7 +77,8 @@ def test_photos_are_fitted_and_conditions_aligned():
     assert coffee.meta["source_size"] == [600, 400]
     w, h = coffee.output_image.size
     assert (w, h) == coffee.input_images[0].size and max(w, h) <= 256 and w % 16 == 0 and h % 16 == 0
-    assert abs(w / h - 592 / 400) < 0.03
+    assert abs(w / h - 600 / 400) < 0.06  # a centre crop, never a stretch
+    assert coffee.meta["condition_size"] == [w, h]
 
 
 def test_ids_are_deterministic_and_templates_recorded():

@@ -3,8 +3,9 @@
 Published columns read here:
 - InstructPix2Pix (timbrooks/instructpix2pix-clip-filtered): original_prompt, original_image, edit_prompt,
   edited_prompt, edited_image;
-- MagicBrush (osunlp/MagicBrush): img_id, turn_index (int32), source_img, mask_img (white = edit region),
-  instruction, target_img; turn k's source is turn k-1's target;
+- MagicBrush (osunlp/MagicBrush): img_id, turn_index (int32), source_img, mask_img (the source photo with the
+  edit region painted white: decoded against source_img, see `binary_mask`), instruction, target_img; turn k's
+  source is turn k-1's target;
 - UltraEdit (BleachNick/UltraEdit*): clip_sim_source, clip_sim_target, clip_sim_dir, clip_sim_image, dinov2_sim,
   ssim, source_caption, target_caption, idx, edit_prompt, source_image, edited_image, and in the region-based
   release edit_object and mask_image (a null-typed column in the free-form release);
@@ -33,7 +34,7 @@ from x2i.config import from_dict
 from x2i.sources.columns import check_file
 from x2i.errors import SourceError, X2IError
 from x2i.imageio import EncodedImage, ImageError, encode, load
-from x2i.masks import mask_from_image
+from x2i.masks import mask_from_image, mask_from_pair
 from x2i.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.steps import Context
@@ -61,6 +62,21 @@ def union_mask(masks: list[EncodedImage]) -> EncodedImage | None:
         return None
     union = np.logical_or.reduce(arrays)
     return encode(Image.fromarray(union.astype(np.uint8) * 255, "L"), "PNG")
+
+
+def binary_mask(mask: EncodedImage, source: EncodedImage) -> tuple[EncodedImage | None, dict[str, Any]]:
+    """A dataset mask as a black/white PNG, read against the image it was drawn on (x2i.masks.mask_from_pair):
+    MagicBrush paints the region white on the source photo, so only the pixels that differ are the region.
+    Done here, where mask and source are still paired (a chain's turns have different sources). An unreadable
+    mask is dropped with a note in meta: the image_edit builder then falls back to the pixel difference."""
+    arr, convention, stats = mask_from_pair(mask.pil(), source.pil())
+    mask.release()
+    if arr is None:
+        return None, {"mask_convention": convention, "mask_unreadable": stats.get("why", "")}
+    info: dict[str, Any] = {"mask_convention": convention}
+    if convention == "painted_diff":
+        info["mask_read"] = stats
+    return encode(Image.fromarray(arr.astype(np.uint8) * 255, "L"), "PNG", path=mask.path), info
 
 
 class ParquetEditSource(Source):
@@ -163,13 +179,14 @@ class ParquetEditSource(Source):
         dst = self.image(row.get(self.roles[target_col]), "target", key, ctx, path, n) if src else None
         if src is None or dst is None:
             return None
-        mask = None
+        mask, mask_meta = None, {}
         if "mask" in self.roles and row.get(self.roles["mask"]) is not None:
             mask = self.image(row[self.roles["mask"]], "mask", key, ctx, path, n)
             if mask is None:
                 return None
+            mask, mask_meta = binary_mask(mask, src)
         meta = {c: row[c] for c in self.meta_columns if c in row and not isinstance(row[c], (bytes, dict))}
-        meta.update(edit_kind=kind, instruction_raw=text, file=Path(path).name, row=n, _mask=mask)
+        meta.update(edit_kind=kind, instruction_raw=text, file=Path(path).name, row=n, _mask=mask, **mask_meta)
         return Sample(task=SOURCE_TASK, instruction=text.strip(), output_image=dst, input_images=[src],
                       source=self.format, source_key=key, meta=meta)
 
