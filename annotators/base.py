@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from x2i.config import from_dict
-from x2i.errors import X2IError
-from x2i.imageio import to_rgb
+from x2i.core.config import from_dict
+from x2i.core.errors import X2IError
+from x2i.core.imageio import to_rgb
 
 from .weights import ResolvedWeights, WeightSpec, resolve
 

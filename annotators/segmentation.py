@@ -107,7 +107,7 @@ class SamBoxMasks(Annotator):
         """Per image: one boolean mask (H, W) per pixel box (x0, y0, x1, y1), and SAM's predicted IoU for each."""
         import torch
 
-        from x2i.imageio import to_rgb
+        from x2i.core.imageio import to_rgb
 
         self.load()
         processor, model = self._model

@@ -41,7 +41,7 @@ class GrabCutBoxMasks(Annotator):
     def masks(self, images: list[Image.Image], boxes: list[list[tuple[float, float, float, float]]]
               ) -> list[tuple[list[np.ndarray], list[float]]]:
         """Per image: a boolean mask (H, W) per pixel box, and the share of the box it fills (0.0: fell back)."""
-        from x2i.imageio import to_rgb
+        from x2i.core.imageio import to_rgb
 
         out = []
         for im, bxs in zip(images, boxes):
@@ -137,7 +137,7 @@ class GroundingDinoDetector(Annotator):
         """Per image: [{box: [x0, y0, x1, y1] px, phrase, score}] above the thresholds, best first."""
         import torch
 
-        from x2i.imageio import to_rgb
+        from x2i.core.imageio import to_rgb
 
         self.load()
         processor, model = self._model

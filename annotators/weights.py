@@ -1,5 +1,5 @@
 """Where an annotator's weight files come from: explicit path, then `$X2I_ANNOTATOR_DIR/<repo_id>/`, then the
-Hugging Face cache. The lookup is x2i.weights (shared with curation models and the OmniGen checkpoint); this module
+Hugging Face cache. The lookup is x2i.core.weights (shared with curation models and the OmniGen checkpoint); this module
 only adds the annotator's name and the `x2i annotators fetch` hint to its messages, and keeps the names the
 annotators, builders and CLI import.
 """
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from x2i.weights import ENV_VARS, MissingWeights, ResolvedWeights, WeightSpec, fetch
-from x2i.weights import resolve as _resolve
+from x2i.core.weights import ENV_VARS, MissingWeights, ResolvedWeights, WeightSpec, fetch
+from x2i.core.weights import resolve as _resolve
 
 ENV_DIR = ENV_VARS["annotator"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from x2i.shards import iter_samples, shard_files
+from x2i.engine.shards import iter_samples, shard_files
 
 CELL = 192
 

@@ -55,10 +55,10 @@ def weight_free(n: int, repeat: int) -> None:
     from x2i.annotators import create
     from x2i.annotators.base import import_controlnet_aux
     from x2i.builders.vision_control import AnnotatorParams, ConditionStep
-    from x2i.imageio import encode, load
-    from x2i.recipe import OutputConfig
-    from x2i.sample import SOURCE_TASK, Sample
-    from x2i.steps import Context
+    from x2i.core.imageio import encode, load
+    from x2i.engine.recipe import OutputConfig
+    from x2i.core.sample import SOURCE_TASK, Sample
+    from x2i.engine.steps import Context
 
     import_controlnet_aux()
     from controlnet_aux import LineartStandardDetector

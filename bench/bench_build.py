@@ -29,7 +29,7 @@ from PIL import Image
 
 
 def build_once(recipe, out: Path, **kw) -> tuple[int, float]:
-    from x2i.build import build
+    from x2i.engine.build import build
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def bare_loop(images_dir: Path, crops: dict[str, list[list[list[int]]]], out: Pa
 
 def pipeline_crops(out: Path) -> dict[str, list[list[list[int]]]]:
     """img2dataset key -> one list of crop boxes per sample the pipeline made from that image."""
-    from x2i.shards import iter_rows, shard_files
+    from x2i.engine.shards import iter_rows, shard_files
 
     crops: dict[str, list[list[list[int]]]] = {}
     for f in shard_files(out):
@@ -90,7 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="x2i-bench-"))
     os.environ.setdefault("X2I_CACHE", str(work / "cache"))
-    from x2i.recipe import load_recipe
+    from x2i.engine.recipe import load_recipe
     from x2i.shapes.embedded import embedded_source
 
     options = {"scenes": args.scenes, "per_shard": args.per_shard, "size": 512, "photos": False}

@@ -52,9 +52,9 @@ def prompts(n: int, seed: int) -> list[str]:
 
 
 def checker_on_data(data_dir: Path, limit: int = 300) -> dict[str, float]:
-    from x2i.imageio import decode
+    from x2i.core.imageio import decode
     from x2i.model.testing.shapes_check import accuracy, check
-    from x2i.shards import iter_rows, shard_files
+    from x2i.engine.shards import iter_rows, shard_files
 
     verdicts = []
     for path in shard_files(data_dir):

@@ -80,7 +80,7 @@ def loader_throughput(trainer, batches: int) -> float:
 
 def loader_table(args, mix: Path) -> None:
     """The loader alone: decode, fit to the bucket, tokenize, collate; latents not computed."""
-    from x2i.config import from_dict
+    from x2i.core.config import from_dict
     from x2i.model.inference.processor import Processor
     from x2i.model.inference.tokenizer import build_tiny_tokenizer
     from x2i.model.training.loader import Geometry, LoaderConfig, MixLoader, make_dataloader

@@ -21,10 +21,10 @@ from x2i.curation.dedup import sample_hashes
 from x2i.curation.models import pick_device
 from x2i.curation.random_weights import TINY_CLIP, model_cfg_of, save_random_clip, save_random_predictor
 from x2i.curation.scores import AestheticParams, AestheticStep, ClipScoreParams, ClipScoreStep
-from x2i.imageio import load
-from x2i.sample import Sample
+from x2i.core.imageio import load
+from x2i.core.sample import Sample
 from x2i.shapes.world import make_scene
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 
 def make_samples(n: int, size: int) -> list[bytes]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from x2i.download import DownloadConfig, Downloader
+from x2i.download.fetch import DownloadConfig, Downloader
 
 
 def payload(kb: int) -> bytes:

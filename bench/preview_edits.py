@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from x2i.masks import decode_mask
-from x2i.shards import iter_rows, shard_files
+from x2i.core.masks import decode_mask
+from x2i.engine.shards import iter_rows, shard_files
 
 CELL = 256
 

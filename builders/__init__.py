@@ -9,10 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from x2i.config import ConfigError, from_dict
-from x2i.errors import X2IError
-from x2i.recipe import Recipe
-from x2i.steps import Step
+from x2i.core.config import ConfigError, from_dict
+from x2i.core.errors import X2IError
+from x2i.engine.recipe import Recipe
+from x2i.engine.steps import Step
 
 # builder name -> "module:Class" (imported on use)
 BUILDERS: dict[str, str] = {

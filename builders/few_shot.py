@@ -10,7 +10,7 @@ are processed independently and identically by every executor, so the result dep
 partition, not on the executor or worker count.
 
 Images are numbered in order of appearance: example 1's inputs, example 1's output, example 2's ..., the query's
-inputs (`x2i.prompt.renumber`). The total input images per sample is capped (`max_input_images`, default 5):
+inputs (`x2i.core.prompt.renumber`). The total input images per sample is capped (`max_input_images`, default 5):
 examples are dropped from the end until it fits.
 
     Example 1: Generate the depth map of <img><|image_1|></img>. Answer: <img><|image_2|></img>
@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from x2i.builders import BUILDERS, Builder, _load
-from x2i.config import from_dict
-from x2i.errors import X2IError
-from x2i.prompt import check, placeholder, renumber
-from x2i.recipe import Recipe
-from x2i.sample import Sample
-from x2i.steps import Context, Step
+from x2i.core.config import from_dict
+from x2i.core.errors import X2IError
+from x2i.core.prompt import check, placeholder, renumber
+from x2i.engine.recipe import Recipe
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context, Step
 
 # (example format, query format): {n} example number, {instruction}, {output} placeholder; {query}.
 TEMPLATES = (

@@ -7,7 +7,7 @@ SEED-Data-Edit). For each pair:
   pixel-aligned (edit inputs use `output.max_side`, not `max_input_side`);
 - the pair must visibly change: the share of pixels differing by more than `diff_threshold` must exceed
   `min_change` (`no_change` otherwise); optionally at most `max_change` (`change_everywhere`);
-- the change mask is recorded in `meta.change_mask` (x2i.masks): the dataset's own mask when it has one and
+- the change mask is recorded in `meta.change_mask` (x2i.core.masks): the dataset's own mask when it has one and
   `mask` is auto/dataset, else the pixel difference (opened to drop compression speckle, dilated to cover soft
   edges). Training can weight the loss on it, as OmniGen intended.
 """
@@ -20,12 +20,12 @@ from PIL import Image
 
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe
-from x2i.errors import X2IError
-from x2i.imageio import FitTransform, fit
-from x2i.masks import changed_fraction, diff_mask, encode_mask, mask_from_image
-from x2i.prompt import placeholder
-from x2i.sample import RejectSample, Sample
-from x2i.steps import Context, MapStep, Step
+from x2i.core.errors import X2IError
+from x2i.core.imageio import FitTransform, fit
+from x2i.core.masks import changed_fraction, diff_mask, encode_mask, mask_from_image
+from x2i.core.prompt import placeholder
+from x2i.core.sample import RejectSample, Sample
+from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "image_edit"
 EDIT_FORMATS = ("instructpix2pix", "magicbrush", "ultraedit", "hq_edit", "seed_data_edit")

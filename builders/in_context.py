@@ -27,11 +27,11 @@ from PIL import Image
 
 from x2i.builders import Builder
 from x2i.builders.subject_driven import entity_name, make_masker, masker_needs, segmented_subject
-from x2i.errors import X2IError
-from x2i.imageio import encode, fit
-from x2i.prompt import placeholder
-from x2i.sample import RejectSample, Sample
-from x2i.steps import Context, MapStep, Step
+from x2i.core.errors import X2IError
+from x2i.core.imageio import encode, fit
+from x2i.core.prompt import placeholder
+from x2i.core.sample import RejectSample, Sample
+from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "in_context"
 # OmniGen2-style in-context instructions; {refs}: "the red star from <img><|image_1|></img>" per subject.

@@ -18,10 +18,10 @@ from PIL import Image, ImageDraw, ImageFont
 from x2i.builders import Builder
 from x2i.builders.referring_segmentation import fitted_box, referent
 from x2i.builders.vision_control import condition_size, png
-from x2i.imageio import fit
-from x2i.prompt import placeholder
-from x2i.sample import RejectSample, Sample
-from x2i.steps import Context, MapStep, Step
+from x2i.core.imageio import fit
+from x2i.core.prompt import placeholder
+from x2i.core.sample import RejectSample, Sample
+from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "layout"
 TEMPLATES = (

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from x2i.builders import Builder
-from x2i.imageio import fit
-from x2i.sample import Sample
-from x2i.steps import Context, MapStep, Step
+from x2i.core.imageio import fit
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context, MapStep, Step
 
 
 @dataclass

@@ -17,11 +17,11 @@ from PIL import Image
 
 from x2i.builders import Builder
 from x2i.builders.vision_control import condition_size
-from x2i.errors import X2IError
-from x2i.imageio import FitTransform, encode, fit
-from x2i.prompt import placeholder
-from x2i.sample import RejectSample, Sample
-from x2i.steps import Context, MapStep, Step
+from x2i.core.errors import X2IError
+from x2i.core.imageio import FitTransform, encode, fit
+from x2i.core.prompt import placeholder
+from x2i.core.sample import RejectSample, Sample
+from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "referring_segmentation"
 COLORS = {"blue": (0, 0, 255), "red": (255, 0, 0), "green": (0, 200, 0), "yellow": (255, 255, 0),

@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from x2i.errors import X2IError
-from x2i.imageio import FitTransform, encode, fit, fit_pil
-from x2i.prompt import placeholder
-from x2i.sample import RejectSample, Sample
+from x2i.core.errors import X2IError
+from x2i.core.imageio import FitTransform, encode, fit, fit_pil
+from x2i.core.prompt import placeholder
+from x2i.core.sample import RejectSample, Sample
 from x2i.builders import Builder
-from x2i.steps import Context, MapStep, Step
-from x2i.boxes import iou
+from x2i.engine.steps import Context, MapStep, Step
+from x2i.core.boxes import iou
 
 TASK = "subject_driven"
 

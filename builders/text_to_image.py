@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe, threshold_reason
-from x2i.imageio import fit
-from x2i.sample import RejectSample, Sample
-from x2i.steps import Context, MapStep, Step
+from x2i.core.imageio import fit
+from x2i.core.sample import RejectSample, Sample
+from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "text_to_image"
 

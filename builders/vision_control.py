@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from x2i.builders import Builder
-from x2i.errors import X2IError
-from x2i.imageio import EncodedImage, FitTransform, encode, fit_size
-from x2i.prompt import placeholder
-from x2i.sample import Sample
-from x2i.steps import Context, Step, batched, is_environment_error
+from x2i.core.errors import X2IError
+from x2i.core.imageio import EncodedImage, FitTransform, encode, fit_size
+from x2i.core.prompt import placeholder
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context, Step, batched, is_environment_error
 
 CONDITION_KINDS = ("edge", "depth", "pose", "segmentation")
 
@@ -278,7 +278,7 @@ class ConditionStep(Step):
 
     def _prepare(self, sample: Sample) -> tuple[Sample, EncodedImage, FitTransform, EncodedImage]:
         if min(sample.output_image.size) < self.p.min_side:
-            from x2i.sample import RejectSample
+            from x2i.core.sample import RejectSample
 
             raise RejectSample("image_too_small", f"{sample.output_image.width}x{sample.output_image.height} "
                                                   f"< min_side {self.p.min_side}")

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from typer.testing import CliRunner
 
-from x2i.prompt import problems
-from x2i.shards import iter_rows, shard_files
+from x2i.core.prompt import problems
+from x2i.engine.shards import iter_rows, shard_files
 
 TINY_EMBEDDED = {"scenes": 10, "per_shard": 4, "size": 128, "photos": False}
 
@@ -37,7 +37,7 @@ def validate(out: Path) -> dict[str, Any]:
     """What `x2i validate` should hold for a build: manifest == shards, well-formed prompts, decodable images of
     the recorded size, JSON meta, ids unique; the files load with `datasets` with no arguments."""
     manifest = json.loads((out / "manifest.json").read_text())
-    from x2i.shards import file_sha256
+    from x2i.engine.shards import file_sha256
 
     listed = {s["path"]: s for s in manifest["shards"]}
     on_disk = {str(p.relative_to(out)) for p in shard_files(out)}

@@ -19,12 +19,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from x2i.imageio import encode
-from x2i.prompt import placeholder
-from x2i.sample import Reject, Sample
-from x2i.schema import SCHEMA
+from x2i.core.imageio import encode
+from x2i.core.prompt import placeholder
+from x2i.core.sample import Reject, Sample
+from x2i.core.schema import SCHEMA
 from x2i.shapes.world import COLORS, make_scene
-from x2i.shards import PartitionWriter, file_sha256, write_rejects
+from x2i.engine.shards import PartitionWriter, file_sha256, write_rejects
 
 SIDE = 128
 SECRET_DIR = "/home/alice/secret-projects/source-data"  # must never reach a card
@@ -118,8 +118,8 @@ def write_mixed_dataset(out: Path) -> Path:
 
 def build_shapes(out: Path) -> Path:
     """The shapes-world subject-driven build; reused when `out` already holds it."""
-    from x2i.build import build
-    from x2i.recipe import load_recipe
+    from x2i.engine.build import build
+    from x2i.engine.recipe import load_recipe
 
     out = Path(out)
     if not (out / "manifest.json").exists():

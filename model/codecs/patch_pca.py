@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 FILE = "codec.safetensors"
 SPEC = "codec.json"  # marks the folder as a patch-PCA codec (codecs/io.py)

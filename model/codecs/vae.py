@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

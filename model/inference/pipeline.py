@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 from ..codecs import load_codec
 from ..codecs.base import ImageCodec, from_model_latents, to_model_latents

@@ -1,7 +1,7 @@
 """Instructions and input images -> model conditions (token ids with image spans, padding masks, pixels).
 
 OmniGen's prompt template wraps the instruction; each `<img><|image_k|></img>` placeholder (parsed by the shared
-x2i.prompt module) becomes `<img>` + one placeholder id per patch token of image k + `</img>`. Text around
+x2i.core.prompt module) becomes `<img>` + one placeholder id per patch token of image k + `</img>`. Text around
 placeholders is tokenized piece by piece, as OmniGen does (its model was trained on exactly that tokenization):
 the pieces are "template + text up to <img>", "</img> + text up to the next <img>", ..., and only the first keeps
 its BOS.
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from x2i import prompt as prompt_format
-from x2i.errors import X2IError
+from x2i.core import prompt as prompt_format
+from x2i.core.errors import X2IError
 
 from ..modeling.transformer import Condition
 from .tokenizer import TextTokenizer

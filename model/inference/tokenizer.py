@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 # Special tokens of the prompt template; the tiny tokenizer keeps each of them whole, as Phi-3's does.
 TEMPLATE_TOKENS = ["<|user|>", "<|end|>", "<|assistant|>", "<|endoftext|>"]

@@ -8,8 +8,8 @@ Three directory layouts load:
              tokenizer/, scheduler/ (Shitao/OmniGen-v1-diffusers); keys are renamed and q/k/v fused on load.
 Weight files may be sharded (`*.safetensors.index.json`).
 
-Where a model is looked for (x2i.weights): an explicit local directory, then $X2I_OMNIGEN_DIR, then the Hugging
-Face cache (never the network); a miss raises x2i.weights.MissingWeights naming the files and every place looked.
+Where a model is looked for (x2i.core.weights): an explicit local directory, then $X2I_OMNIGEN_DIR, then the Hugging
+Face cache (never the network); a miss raises x2i.core.weights.MissingWeights naming the files and every place looked.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from x2i.errors import X2IError
-from x2i.weights import ENV_VARS, WeightSpec, resolve
+from x2i.core.errors import X2IError
+from x2i.core.weights import ENV_VARS, WeightSpec, resolve
 
 from .config import (DEFAULT_SIZE_KEY, FORMAT_MARKER, OmniGenConfig, from_diffusers_config, from_phi3_config,
                      to_phi3_config)
@@ -65,7 +65,7 @@ def model_spec(repo_id: str | None = None) -> WeightSpec:
 
 def resolve_model_dir(spec: str | Path | None = None) -> Path:
     """`spec` as a local directory, else as a repo id in the Hugging Face cache. With no `spec`: $X2I_OMNIGEN_DIR,
-    else the OmniGen-v1 repos in the cache. Lookup only (x2i.weights): nothing is downloaded."""
+    else the OmniGen-v1 repos in the cache. Lookup only (x2i.core.weights): nothing is downloaded."""
     hint = ("Download it on a machine with network access (`huggingface-cli download Shitao/OmniGen-v1`), then "
             f"pass the folder (--model DIR) or set {ENV_VAR}=DIR")
     if spec is None:

@@ -73,7 +73,7 @@ def mask_to_latent(mask: np.ndarray, bucket: tuple[int, int], downsample: int) -
 
 def decode_change_mask(record: Any) -> np.ndarray:
     """The boolean mask of a `meta.change_mask` record (x2i's image_edit builders: a 1-bit PNG, base64; see
-    x2i/masks.py on the curation branch), True = changed."""
+    x2i/core/masks.py on the curation branch), True = changed."""
     if not isinstance(record, dict) or record.get("encoding") != "png_base64":
         raise ValueError(f"unknown change mask encoding {record.get('encoding') if isinstance(record, dict) else record!r}")
     with Image.open(io.BytesIO(base64.b64decode(record["data"]))) as im:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 from ..codecs import load_codec
 from ..codecs.pixel import PixelCodec
@@ -48,7 +48,7 @@ def sample_images(mix, size: tuple[int, int], limit: int, seed: int = 0) -> torc
     import numpy as np
     import pyarrow.parquet as pq
 
-    from x2i.imageio import decode
+    from x2i.core.imageio import decode
 
     from ..inference.processor import to_tensor
     from .buckets import fit_to_bucket

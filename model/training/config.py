@@ -1,4 +1,4 @@
-"""The training configuration: typed dataclasses, loaded strictly from YAML (x2i.config) and overridable with
+"""The training configuration: typed dataclasses, loaded strictly from YAML (x2i.core.config) and overridable with
 `--set a.b=value`. The resolved configuration is written to `<run>/config.yaml` at the start of every run."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from x2i.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
+from x2i.core.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
 
 from ..modeling.config import PRESETS
 from .loader import LoaderConfig

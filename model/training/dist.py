@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 from .lora import base_omnigen
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from x2i import prompt as prompt_format
+from x2i.core import prompt as prompt_format
 
 from ..inference.processor import TEMPLATE_PREFIX, TEMPLATE_SUFFIX
 from ..inference.tokenizer import TextTokenizer, train_bpe_tokenizer

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from x2i import prompt as prompt_format
-from x2i.errors import X2IError
-from x2i.imageio import decode
+from x2i.core import prompt as prompt_format
+from x2i.core.errors import X2IError
+from x2i.core.imageio import decode
 
 from ..inference.processor import Processor, fit_image, to_tensor
 from ..modeling.transformer import Condition

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 from ..codecs.base import to_model_latents
 from ..inference.processor import Processor

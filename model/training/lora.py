@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 from ..modeling.transformer import OmniGen
 

@@ -35,9 +35,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from x2i.config import ConfigError, from_dict, read_yaml
-from x2i.errors import X2IError
-from x2i.shards import file_sha256
+from x2i.core.config import ConfigError, from_dict, read_yaml
+from x2i.core.errors import X2IError
+from x2i.engine.shards import file_sha256
 
 
 @dataclass

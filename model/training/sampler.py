@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 from .buckets import choose_bucket
 from .mix import Mix

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from x2i.config import to_dict
-from x2i.errors import X2IError
+from x2i.core.config import to_dict
+from x2i.core.errors import X2IError
 
 from ..inference.tokenizer import build_tiny_tokenizer
 from ..modeling.checkpoint import detect_layout, load_model

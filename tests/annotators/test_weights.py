@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from x2i.annotators import MissingWeights, WeightSpec, create, fetch, resolve
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 SPEC = WeightSpec("org/model", ("a.pth", ("model.safetensors", "pytorch_model.bin")))
 

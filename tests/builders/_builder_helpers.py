@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from x2i.builders import make_builder
-from x2i.recipe import Recipe, load_recipe
+from x2i.engine.recipe import Recipe, load_recipe
 from x2i.sources import make_source
-from x2i.steps import Context, run_steps
+from x2i.engine.steps import Context, run_steps
 
 
 def recipe(recipe_name: str, **params) -> Recipe:

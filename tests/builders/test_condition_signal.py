@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 from ._builder_helpers import recipe, run_builder
 from x2i.builders.vision_control import (SIGNAL, AnnotatorParams, SignalTest, aligned_fit, condition_size, signal,
                                          signal_test)
-from x2i.errors import X2IError
-from x2i.imageio import ImageError, fit_size
+from x2i.core.errors import X2IError
+from x2i.core.imageio import ImageError, fit_size
 
 
 def _lines(size=512, value=255, width=1) -> Image.Image:

@@ -5,14 +5,14 @@ import pytest
 from PIL import Image
 
 from ._builder_helpers import recipe, run_builder
-from x2i.build import build
+from x2i.engine.build import build
 from x2i.builders import make_builder
 from x2i.builders.few_shot import TEMPLATES, compose
-from x2i.errors import X2IError
-from x2i.imageio import encode
-from x2i.prompt import check, image_ids, placeholder
-from x2i.sample import Sample
-from x2i.shards import iter_samples
+from x2i.core.errors import X2IError
+from x2i.core.imageio import encode
+from x2i.core.prompt import check, image_ids, placeholder
+from x2i.core.sample import Sample
+from x2i.engine.shards import iter_samples
 
 
 def _img(v: int):
@@ -93,7 +93,7 @@ FAMILIES = {  # base builder -> (source format, its params, source rows read)
 
 
 def family_recipe(task: str, seed: int = 0, **params):
-    from x2i.recipe import Recipe, load_recipe
+    from x2i.engine.recipe import Recipe, load_recipe
 
     fmt, task_params, _ = FAMILIES[task]
     data = load_recipe("few_shot").to_dict()
@@ -104,7 +104,7 @@ def family_recipe(task: str, seed: int = 0, **params):
 
 
 def base_recipe(task: str, seed: int = 0):
-    from x2i.recipe import Recipe
+    from x2i.engine.recipe import Recipe
 
     r = family_recipe(task, seed).to_dict()
     r.update(builder=task, params=FAMILIES[task][1], steps=[])
@@ -125,7 +125,7 @@ def family(request, x2i_cache):
 
 def test_family_rows_are_k_examples_then_the_query(family):
     from x2i.builders.few_shot import source_item
-    from x2i.prompt import renumber
+    from x2i.core.prompt import renumber
 
     task, shots, ctx, base = family
     assert len(shots) >= 4, (task, dict(ctx.reject_counts))

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from helpers_curate import cli, rows, validate
-from x2i.masks import decode_mask, diff_mask
+from x2i.core.masks import decode_mask, diff_mask
 from x2i.shapes.edits import change_mask, edit_chain
 
 EMBEDDED = {"scenes": 12, "per_shard": 6, "size": 128, "photos": False, "seed": 2}

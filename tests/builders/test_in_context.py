@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from x2i.boxes import iou
-from x2i.build import build
-from x2i.recipe import Recipe, load_recipe
+from x2i.core.boxes import iou
+from x2i.engine.build import build
+from x2i.engine.recipe import Recipe, load_recipe
 from x2i.shapes.clips import make_clip
-from x2i.shards import iter_rows, shard_files
-from x2i.stats import compute
-from x2i.validate import validate
+from x2i.engine.shards import iter_rows, shard_files
+from x2i.inspect.stats import compute
+from x2i.inspect.validate import validate
 
 SMALL = {"scenes": 24, "per_shard": 12}
 

@@ -13,8 +13,8 @@ from x2i.builders.layout import TEMPLATES as LAYOUT_TEMPLATES
 from x2i.builders.layout import box_colors, render_layout
 from x2i.builders.referring_segmentation import TEMPLATES as REF_TEMPLATES
 from x2i.builders.referring_segmentation import box_mask, referent
-from x2i.errors import X2IError
-from x2i.prompt import check, placeholder
+from x2i.core.errors import X2IError
+from x2i.core.prompt import check, placeholder
 
 
 def _pixels(enc) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_embedded_default_matches_what_was_written(tmp_path):
 def test_same_seed_same_rows_and_resume(tmp_path, monkeypatch):
     build(tmp_path / "a")
     # a crash in the middle: partition 1 fails, the others are kept; the re-run resumes and matches
-    import x2i.build as b
+    import x2i.engine.build as b
 
     real = b.run_partition
 

@@ -9,15 +9,15 @@ import pytest
 from PIL import Image
 
 from ._builder_helpers import recipe, run_builder
-from x2i.build import build
+from x2i.engine.build import build
 from x2i.builders import make_builder
 from x2i.builders.vision_control import CONTROL_TEMPLATES, VISION_POSE_TEMPLATES, VISION_TEMPLATES, ConditionStep
-from x2i.errors import X2IError
-from x2i.imageio import load
-from x2i.prompt import check, placeholder
-from x2i.sample import SOURCE_TASK, Sample
-from x2i.shards import iter_samples
-from x2i.steps import Context
+from x2i.core.errors import X2IError
+from x2i.core.imageio import load
+from x2i.core.prompt import check, placeholder
+from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.shards import iter_samples
+from x2i.engine.steps import Context
 
 
 def test_templates_are_well_formed():
@@ -70,7 +70,7 @@ def test_photos_are_fitted_and_conditions_aligned():
     r = recipe("vision", annotators=["canny"])
     data = r.to_dict()
     data["output"]["max_input_side"] = 256
-    from x2i.recipe import Recipe
+    from x2i.engine.recipe import Recipe
 
     samples, _ = run_builder(Recipe.from_dict(data), limit=5)
     coffee = next(s for s in samples if "espresso" in s.meta["caption"])

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from x2i.extras import EXTRAS
+from x2i.core.extras import EXTRAS
 
 BLOCKED_CLI = """
 import sys

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2i.imageio import load
-from x2i.prompt import placeholder
-from x2i.sample import Sample
+from x2i.core.imageio import load
+from x2i.core.prompt import placeholder
+from x2i.core.sample import Sample
 
 
 def jpeg(w: int, h: int, seed: int = 0) -> bytes:

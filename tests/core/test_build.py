@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-import x2i.build as build_module
-from x2i.build import build
-from x2i.errors import X2IError
-from x2i.recipe import load_recipe
-from x2i.shards import iter_rows, shard_files
+import x2i.engine.build as build_module
+from x2i.engine.build import build
+from x2i.core.errors import X2IError
+from x2i.engine.recipe import load_recipe
+from x2i.engine.shards import iter_rows, shard_files
 from x2i.sources.grit import GritSource
 
 LIMIT = 130  # three partitions of the embedded sample (50 + 50 + 30 records)
@@ -77,7 +77,7 @@ def test_process_pool_gives_identical_rows(reference, tmp_path):
 
 
 def test_ray_workers_get_every_x2i_and_hub_setting(monkeypatch):
-    from x2i.ray_executor import worker_env
+    from x2i.engine.ray_executor import worker_env
 
     monkeypatch.setenv("X2I_ANNOTATOR_DIR", "/weights/annotators")
     monkeypatch.setenv("X2I_CURATION_DIR", "/weights/curation")

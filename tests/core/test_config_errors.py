@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from x2i.config import ConfigError, from_dict, set_dotted
+from x2i.core.config import ConfigError, from_dict, set_dotted
 
 
 @dataclass

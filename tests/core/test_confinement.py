@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from x2i.build import build
-from x2i.errors import SourceError, X2IError
-from x2i.export import export_omnigen
-from x2i.recipe import load_recipe
-from x2i.safepath import (FileRejected, UnsafePathError, confined, read_confined_file, safe_component,
+from x2i.engine.build import build
+from x2i.core.errors import SourceError, X2IError
+from x2i.inspect.export import export_omnigen
+from x2i.engine.recipe import load_recipe
+from x2i.core.safepath import (FileRejected, UnsafePathError, confined, read_confined_file, safe_component,
                           safe_relpath)
-from x2i.shards import iter_rows, shard_files, task_dir_name
+from x2i.engine.shards import iter_rows, shard_files, task_dir_name
 
 HOSTILE_TASKS = ["/tmp/x2i-evil-abs", "../../x", "a/../../b", "", ".", "..", "Ünïcödé/τασκ", "t" * 5000,
                  "a/" * 40, "x\\..\\..\\y", "tmp/x2i-evil-abs"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from blocked_imports import OPTIONAL_MODULES, run_without
-from x2i.recipe import task_names
+from x2i.engine.recipe import task_names
 
 
 @pytest.mark.parametrize("task", task_names())

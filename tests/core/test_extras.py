@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from blocked_imports import run_without
-from x2i.extras import EXTRAS, MissingExtra, extra_for, require
+from x2i.core.extras import EXTRAS, MissingExtra, extra_for, require
 
 @pytest.mark.parametrize("blocked,args,expected", [
     (["torch"], ["train", "--mix", "shapes", "--steps", "1"],

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from x2i.build import build
+from x2i.engine.build import build
 from x2i.builders.subject_driven import SubjectDrivenStep
-from x2i.errors import BuildStopped, SourceError, X2IError
-from x2i.recipe import Recipe, load_recipe
+from x2i.core.errors import BuildStopped, SourceError, X2IError
+from x2i.engine.recipe import Recipe, load_recipe
 
 
 def recipe(name: str, **params) -> Recipe:
@@ -37,7 +37,7 @@ def fail_on(monkeypatch, keys: set[str] | None, exc: BaseException) -> None:
 
 def first_keys(n: int) -> list[str]:
     from x2i.sources import make_source
-    from x2i.steps import Context
+    from x2i.engine.steps import Context
 
     source = make_source(load_recipe("subject-driven").source)
     return [s.source_key for s in source.read(source.partitions()[0], Context(), n)]

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-import x2i.shards as shards_module
-from x2i.build import PartitionJob, build, run_partition
-from x2i.lock import LOCK_NAME, LOCK_NAMES, BuildLock, BuildLocked, DriverGone, DriverGuard
-from x2i.recipe import load_recipe
-from x2i.shards import StorageError
+import x2i.engine.shards as shards_module
+from x2i.engine.build import PartitionJob, build, run_partition
+from x2i.engine.lock import LOCK_NAME, LOCK_NAMES, BuildLock, BuildLocked, DriverGone, DriverGuard
+from x2i.engine.recipe import load_recipe
+from x2i.engine.shards import StorageError
 from x2i.sources import make_source
 from x2i.sources.grit import GritSource
-from x2i.validate import validate
+from x2i.inspect.validate import validate
 
 X2I = [sys.executable, "-m", "x2i.cli.main"]
 LIMIT = 130  # three partitions of the embedded sample
@@ -230,7 +230,7 @@ def test_stale_lock_is_taken_over_and_dead_temps_removed(tmp_path, caplog):
              out / "_progress" / ".tmp-999999-abcd-part-00000.json", out / ".tmp-999999-abcd-manifest.json"]
     for temp in temps:
         temp.write_bytes(b"half")
-    with caplog.at_level("WARNING", logger="x2i.lock"):
+    with caplog.at_level("WARNING", logger="x2i.engine.lock"):
         manifest = build(load_recipe("subject-driven"), out, limit=10, progress=False)
     assert f"from pid {stale['pid']} on host {socket.gethostname()}" in caplog.text and "which is gone" in caplog.text
     assert manifest["rows"] > 0 and (out / "manifest.json").exists()
@@ -314,7 +314,7 @@ def test_full_disk_fails_in_one_line_frees_its_temps_and_resumes(reference, tmpf
 
 
 def full_disk(budget: int):
-    """An `open` for x2i.shards whose files written with "wb" fail with ENOSPC once `budget` bytes reached the
+    """An `open` for x2i.engine.shards whose files written with "wb" fail with ENOSPC once `budget` bytes reached the
     disk. Like a real full disk, the error comes back from the buffered file's later writes, flush and close
     too, so abort() meets it again while closing (the case that used to leave the temp files)."""
     left = [budget]

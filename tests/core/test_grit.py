@@ -7,12 +7,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from x2i.errors import SourceError
-from x2i.recipe import SourceConfig
+from x2i.core.errors import SourceError
+from x2i.engine.recipe import SourceConfig
 from x2i.shapes.embedded import GRIT_ADDITIONAL, GRIT_SCHEMA
 from x2i.shapes.img2dataset_writer import DownloadRecord, write_shard
 from x2i.sources import make_source
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 
 def jpeg(w=96, h=64, color=(200, 30, 30)):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2i.imageio import ImageError, decode, fit, fit_size, load
+from x2i.core.imageio import ImageError, decode, fit, fit_size, load
 
 
 def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -113,7 +113,7 @@ def test_fit_box_stays_inside_the_source_for_every_size_up_to_2000():
     """Every width 1..2000 against heights across the range: the scaled size is rounded, and mapping it back
     must never ask for a box past the source edge (2.1% of LAION rows were lost to PIL's 'box can't exceed
     original image size')."""
-    from x2i.imageio import ImageError, fit_size, source_box
+    from x2i.core.imageio import ImageError, fit_size, source_box
 
     for w in range(1, 2001):
         for h in (1, 16, 17, 100, 333, 400, 558, 559, 1023, 1024, 1500, 1999, 2000):
@@ -128,7 +128,7 @@ def test_fit_box_stays_inside_the_source_for_every_size_up_to_2000():
 
 def test_fit_pil_resizes_the_sizes_that_used_to_fail():
     """Real resizes at sizes whose rounding overshoots (e.g. 558 px at max_side 448: 448/0.8025 = 558.25)."""
-    from x2i.imageio import fit_pil, fit_size
+    from x2i.core.imageio import fit_pil, fit_size
 
     big = Image.new("RGB", (2010, 1510), (90, 120, 30))
     overshooting = [w for w in range(449, 2001) if round(w * (448 / w)) / (448 / w) > w][:40] + [558, 1117, 1999]

@@ -3,11 +3,11 @@ import json
 
 from PIL import Image
 
-from x2i.build import build
-from x2i.export import export_omnigen
-from x2i.recipe import load_recipe
-from x2i.shards import iter_rows, shard_files
-from x2i.validate import validate
+from x2i.engine.build import build
+from x2i.inspect.export import export_omnigen
+from x2i.engine.recipe import load_recipe
+from x2i.engine.shards import iter_rows, shard_files
+from x2i.inspect.validate import validate
 
 
 def rows_of(path):

@@ -1,6 +1,6 @@
 import pytest
 
-from x2i.prompt import PromptError, check, image_ids, placeholder, problems, remove_placeholders, renumber, split
+from x2i.core.prompt import PromptError, check, image_ids, placeholder, problems, remove_placeholders, renumber, split
 
 P1, P2, P3 = placeholder(1), placeholder(2), placeholder(3)
 

@@ -3,8 +3,8 @@ import json
 import pyarrow.parquet as pq
 from PIL import Image
 
-from x2i.schema import SCHEMA_VERSION, row_to_sample, schema_version_of
-from x2i.shards import PartitionWriter, iter_rows, shard_files
+from x2i.core.schema import SCHEMA_VERSION, row_to_sample, schema_version_of
+from x2i.engine.shards import PartitionWriter, iter_rows, shard_files
 
 
 def test_round_trip_through_pyarrow(tmp_path, make_sample):

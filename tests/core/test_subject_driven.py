@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2i.build import build
-from x2i.imageio import fit_pil
-from x2i.prompt import image_ids, problems
-from x2i.recipe import load_recipe
+from x2i.engine.build import build
+from x2i.core.imageio import fit_pil
+from x2i.core.prompt import image_ids, problems
+from x2i.engine.recipe import load_recipe
 from x2i.shapes.world import make_scene
-from x2i.shards import iter_rows, shard_files
+from x2i.engine.shards import iter_rows, shard_files
 
 SCENE_ID0 = 1_000_000  # GRIT ids of shapes-world scenes (seed 0)
 

@@ -8,11 +8,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from x2i.build import build
-from x2i.recipe import load_recipe
-from x2i.schema import ARROW_SCHEMA, SCHEMA
-from x2i.shards import shard_files
-from x2i.validate import validate
+from x2i.engine.build import build
+from x2i.engine.recipe import load_recipe
+from x2i.core.schema import ARROW_SCHEMA, SCHEMA
+from x2i.engine.shards import shard_files
+from x2i.inspect.validate import validate
 
 
 @pytest.fixture(scope="module")

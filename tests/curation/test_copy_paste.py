@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from x2i.build import build
+from x2i.engine.build import build
 from x2i.curation.copy_paste import copy_score, masked_score, subject_mask
-from x2i.recipe import Recipe, load_recipe
-from x2i.stats import compute
+from x2i.engine.recipe import Recipe, load_recipe
+from x2i.inspect.stats import compute
 
 
 def test_scores_on_synthetic_images():

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 
 from x2i.builders import make_steps
-from x2i.config import ConfigError
+from x2i.core.config import ConfigError
 from x2i.curation.filters import CaptionCleanParams, CaptionCleanStep, threshold_reason
-from x2i.errors import X2IError
-from x2i.imageio import encode
-from x2i.prompt import check
-from x2i.sample import Sample
-from x2i.steps import Context
+from x2i.core.errors import X2IError
+from x2i.core.imageio import encode
+from x2i.core.prompt import check
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context
 
 
 def sample(instruction="A red circle.", meta=None, size=(64, 48), inputs=0) -> Sample:

@@ -13,10 +13,10 @@ from x2i.curation.models import (CLIP_CONFIG, DEFAULT_PREDICTOR, MissingWeights,
                                  resolve_clip, resolve_predictor)
 from x2i.curation.random_weights import save_random_clip, save_random_predictor
 from x2i.curation.scores import AestheticParams, AestheticStep, ClipScoreParams, ClipScoreStep
-from x2i.errors import X2IError
-from x2i.imageio import load
-from x2i.sample import Sample
-from x2i.steps import Context
+from x2i.core.errors import X2IError
+from x2i.core.imageio import load
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context
 
 REPO = "timm/vit_large_patch14_clip_224.openai"
 EMBEDDED = {"scenes": 8, "per_shard": 4, "size": 400, "photos": False}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from x2i.download import DownloadConfig, Downloader, address_allowed, image_kind, robots_disallow
+from x2i.download.fetch import DownloadConfig, Downloader, address_allowed, image_kind, robots_disallow
 
 from .loopback import JPEG, PNG, LoopbackServer
 

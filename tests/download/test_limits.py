@@ -11,8 +11,8 @@ import tracemalloc
 import pyarrow.parquet as pq
 import pytest
 
-from x2i.download import DownloadConfig, Downloader
-from x2i.download_run import HostBreaker, write_webdataset
+from x2i.download.fetch import DownloadConfig, Downloader
+from x2i.download.run import HostBreaker, write_webdataset
 
 from .loopback import JPEG, TRICKLE, LoopbackServer, SilentServer, closed_port, jpeg_bytes
 

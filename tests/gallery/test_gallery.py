@@ -11,9 +11,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from x2i.cli.main import app
-from x2i.gallery import GalleryConfig, build_gallery
-from x2i.prompt import split
-from x2i.shards import iter_rows, shard_files
+from x2i.inspect.gallery import GalleryConfig, build_gallery
+from x2i.core.prompt import split
+from x2i.engine.shards import iter_rows, shard_files
 
 
 class Page(HTMLParser):
@@ -133,9 +133,9 @@ def test_view_cli_task_filter_and_errors(mixed_dataset, tmp_path):
 
 def test_page_text_is_escaped(tmp_path):
     """Instructions and meta are data: markup in them must not become markup in the page."""
-    from x2i.imageio import encode
-    from x2i.sample import Sample
-    from x2i.shards import PartitionWriter
+    from x2i.core.imageio import encode
+    from x2i.core.sample import Sample
+    from x2i.engine.shards import PartitionWriter
 
     writer = PartitionWriter(tmp_path / "ds", 0)
     image = encode(Image.new("RGB", (32, 32), (200, 30, 30)))

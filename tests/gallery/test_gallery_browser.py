@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from cdp import Browser, find_chromium
-from x2i.gallery import GalleryConfig, build_gallery
-from x2i.shards import iter_rows, shard_files
+from x2i.inspect.gallery import GalleryConfig, build_gallery
+from x2i.engine.shards import iter_rows, shard_files
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; "

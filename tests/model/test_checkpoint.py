@@ -11,7 +11,7 @@ pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[mod
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from x2i.errors import X2IError  # noqa: E402
+from x2i.core.errors import X2IError  # noqa: E402
 from x2i.model.modeling.checkpoint import (ENV_VAR, from_diffusers_state_dict, load_model,  # noqa: E402
                                            resolve_model_dir, save_model, to_diffusers_state_dict)
 from x2i.model.modeling.config import FORMAT_MARKER  # noqa: E402

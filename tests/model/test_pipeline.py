@@ -9,7 +9,7 @@ pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[mod
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from x2i.errors import X2IError  # noqa: E402
+from x2i.core.errors import X2IError  # noqa: E402
 from x2i.model.codecs.pixel import PixelCodec  # noqa: E402
 from x2i.model.inference.pipeline import OmniGenPipeline, encode_condition_images  # noqa: E402
 from x2i.model.inference.processor import Processor  # noqa: E402

@@ -8,7 +8,7 @@ pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[mod
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from x2i.errors import X2IError  # noqa: E402
+from x2i.core.errors import X2IError  # noqa: E402
 from x2i.model.inference.processor import DEFAULT_NEGATIVE_PROMPT, TEMPLATE_PREFIX, fit_image  # noqa: E402
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from x2i.errors import X2IError
-from x2i.notebook import execute, inject_parameters, main, strip
+from x2i.core.errors import X2IError
+from x2i.inspect.notebook import execute, inject_parameters, main, strip
 
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -38,7 +38,7 @@ def test_notebooks_are_committed_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs == [] and c.execution_count is None for c in code), f"run: python -m x2i.notebook --strip {path}"
+    assert all(c.outputs == [] and c.execution_count is None for c in code), f"run: python -m x2i.inspect.notebook --strip {path}"
     assert "parameters" in code[0].metadata.get("tags", [])  # papermill-style parameters come first
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
 
@@ -59,7 +59,7 @@ def test_parameters_are_appended_to_the_parameters_cell():
 
 def test_dataset_qa_notebook_on_the_shapes_build(shapes_build, tmp_path, monkeypatch):
     out = tmp_path / "qa.ipynb"
-    # as a user would run it: `python -m x2i.notebook NB dataset=<path relative to here> per_task=2 -o OUT`
+    # as a user would run it: `python -m x2i.inspect.notebook NB dataset=<path relative to here> per_task=2 -o OUT`
     monkeypatch.chdir(shapes_build.parent)
     main([str(NOTEBOOKS / "dataset_qa.ipynb"), f"dataset={shapes_build.name}", "per_task=2", "-o", str(out)])
     nb = nbformat.read(out, as_version=4)

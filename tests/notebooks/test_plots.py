@@ -8,9 +8,9 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from x2i import plots
+from x2i.inspect import plots
 from x2i.cli.main import app
-from x2i.stats import collect, rejects_of
+from x2i.inspect.stats import collect, rejects_of
 
 
 def test_bar_charts_and_histograms_hold_the_counts(mixed_dataset):

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from publish_fixtures import SECRET_DIR
 from x2i.cli.main import app
-from x2i.hub import PublishConfig, check_repo_id, config_names, stage
-from x2i.schema import HF_FEATURES
-from x2i.shards import iter_rows, shard_files
+from x2i.publish.hub import PublishConfig, check_repo_id, config_names, stage
+from x2i.core.schema import HF_FEATURES
+from x2i.engine.shards import iter_rows, shard_files
 
 datasets = pytest.importorskip("datasets")
 
@@ -202,7 +202,7 @@ def test_dry_run_on_the_shapes_world_build(shapes_build, tmp_path):
 
 
 def test_staging_that_dies_half_way_can_be_rerun(mixed_dataset, tmp_path, monkeypatch):
-    import x2i.hub
+    import x2i.publish.hub
 
     calls = []
 
@@ -212,11 +212,11 @@ def test_staging_that_dies_half_way_can_be_rerun(mixed_dataset, tmp_path, monkey
             raise KeyboardInterrupt  # Ctrl-C while writing the second merged file
         real_merge(sources, dst, rows_per_group)
 
-    real_merge = x2i.hub._merge
-    monkeypatch.setattr(x2i.hub, "_merge", failing_merge)
+    real_merge = x2i.publish.hub._merge
+    monkeypatch.setattr(x2i.publish.hub, "_merge", failing_merge)
     with pytest.raises(KeyboardInterrupt):
         stage(mixed_dataset, tmp_path / "stage", PublishConfig("me/mixed"))
-    monkeypatch.setattr(x2i.hub, "_merge", real_merge)
+    monkeypatch.setattr(x2i.publish.hub, "_merge", real_merge)
     staged = stage(mixed_dataset, tmp_path / "stage", PublishConfig("me/mixed"))
     assert sum(f.rows for f in staged.files) == 23
     leftovers = [p for p in (tmp_path / "stage").rglob("*") if p.name.startswith(".tmp-")]

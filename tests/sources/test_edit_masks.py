@@ -15,7 +15,7 @@ from skimage import data
 
 from helpers_curate import cli, rows, validate
 from realformat import MAGICBRUSH, write_parquet
-from x2i.masks import PAINT_TOLERANCE, decode_mask, mask_from_image, mask_from_pair
+from x2i.core.masks import PAINT_TOLERANCE, decode_mask, mask_from_image, mask_from_pair
 
 
 @pytest.fixture(autouse=True)

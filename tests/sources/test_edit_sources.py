@@ -14,10 +14,10 @@ from PIL import Image
 from helpers_curate import cli, rows, validate
 from realformat import (HQ_EDIT, IP2P, MAGICBRUSH, ULTRAEDIT_FREEFORM, ULTRAEDIT_REGION, bad_variants, edit_pairs,
                         hq_edit_rows, ip2p_rows, magicbrush_rows, ultraedit_rows, write_parquet)
-from x2i.masks import decode_mask
-from x2i.recipe import SourceConfig
+from x2i.core.masks import decode_mask
+from x2i.engine.recipe import SourceConfig
 from x2i.sources import make_source
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 
 @pytest.fixture(autouse=True)

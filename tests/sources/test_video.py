@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from x2i.errors import SourceError
-from x2i.recipe import SourceConfig
+from x2i.core.errors import SourceError
+from x2i.engine.recipe import SourceConfig
 from x2i.shapes.clips import make_clip, write_clip
 from x2i.sources import make_source
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 
 def read_all(src):

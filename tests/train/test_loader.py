@@ -11,14 +11,14 @@ import pytest
 pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
 import torch  # noqa: E402
 
-from x2i.config import from_dict  # noqa: E402
-from x2i.imageio import EncodedImage, decode  # noqa: E402
+from x2i.core.config import from_dict  # noqa: E402
+from x2i.core.imageio import EncodedImage, decode  # noqa: E402
 from x2i.model.inference.processor import Processor  # noqa: E402
 from x2i.model.inference.tokenizer import build_tiny_tokenizer  # noqa: E402
 from x2i.model.training.buckets import choose_bucket, decode_change_mask, make_buckets, mask_to_latent  # noqa: E402
 from x2i.model.training.loader import Geometry, LatentCache, LoaderConfig, MixLoader, make_dataloader  # noqa: E402
 from x2i.model.training.mix import load_mix  # noqa: E402
-from x2i.shards import PartitionWriter, iter_rows, shard_files  # noqa: E402
+from x2i.engine.shards import PartitionWriter, iter_rows, shard_files  # noqa: E402
 
 from train_helpers import shapes_sample, write_dataset, write_mix  # noqa: E402
 

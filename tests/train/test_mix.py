@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from x2i.config import ConfigError
-from x2i.errors import X2IError
+from x2i.core.config import ConfigError
+from x2i.core.errors import X2IError
 from x2i.model.training.mix import load_mix
 
 from train_helpers import write_dataset, write_mix

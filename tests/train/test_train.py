@@ -11,11 +11,11 @@ pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[mod
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from x2i.imageio import decode  # noqa: E402
+from x2i.core.imageio import decode  # noqa: E402
 from x2i.model.training.buckets import mask_to_latent  # noqa: E402
 from x2i.model.training.config import load_train_config  # noqa: E402
 from x2i.model.training.loop import Trainer, TrainingStopped  # noqa: E402
-from x2i.shards import iter_rows, shard_files  # noqa: E402
+from x2i.engine.shards import iter_rows, shard_files  # noqa: E402
 
 from train_helpers import write_mix  # noqa: E402
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from x2i.imageio import encode
-from x2i.prompt import placeholder
-from x2i.sample import Sample
+from x2i.core.imageio import encode
+from x2i.core.prompt import placeholder
+from x2i.core.sample import Sample
 from x2i.shapes.world import COLORS, make_scene
-from x2i.shards import PartitionWriter
+from x2i.engine.shards import PartitionWriter
 
 
 def mask_record(mask: np.ndarray) -> dict:

@@ -8,9 +8,9 @@ from typing import Any
 
 import typer
 
-from x2i.config import ConfigError
-from x2i.errors import X2IError
-from x2i.extras import missing_extra
+from x2i.core.config import ConfigError
+from x2i.core.errors import X2IError
+from x2i.core.extras import missing_extra
 
 # The extra a command group installs, for modules several extras provide (torch is in model, annotators and
 # curation): `x2i annotators fetch` without torch should point at x2i[annotators], not x2i[model].

@@ -44,8 +44,8 @@ def build_command(
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Accept a build that reads rows but keeps none (otherwise exit 2)."),
 ) -> None:
     """Build a dataset from a recipe; re-running the same command resumes an interrupted build."""
-    from x2i.build import build
-    from x2i.recipe import errors_in, resolve_recipe
+    from x2i.engine.build import build
+    from x2i.engine.recipe import errors_in, resolve_recipe
 
     if (task is None) == (recipe is None):
         fail("give exactly one of --task or --recipe (see `x2i recipes` for the shipped tasks)")
@@ -64,7 +64,7 @@ def build_command(
 @user_errors
 def recipes_command() -> None:
     """List the recipes shipped with x2i (usable as --task)."""
-    from x2i.recipe import load_recipe, task_names
+    from x2i.engine.recipe import load_recipe, task_names
 
     for name in task_names():
         r = load_recipe(name)
@@ -85,7 +85,7 @@ def validate_command(
 
     Exit 0: valid. Exit 1: problems found, or an unfinished build (no manifest.json; re-run the build to finish
     it, or use --partial)."""
-    from x2i.validate import validate
+    from x2i.inspect.validate import validate
 
     report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json,
                       partial=partial)
@@ -110,16 +110,16 @@ def stats_command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the QA notebook's figures as PNGs into this folder."),
 ) -> None:
     """Rows per task, inputs per sample, output sizes, score summaries and rejects per reason."""
-    from x2i.errors import X2IError
-    from x2i.shards import shard_files
-    from x2i.stats import compute, render
+    from x2i.core.errors import X2IError
+    from x2i.engine.shards import shard_files
+    from x2i.inspect.stats import compute, render
 
     if not path.exists() or not shard_files(path):
         raise X2IError(f"{path}: no parquet shards found")
     stats = compute(path)
     typer.echo(json.dumps(stats, indent=1) if as_json else render(stats))
     if plot is not None:
-        from x2i.plots import save_all
+        from x2i.inspect.plots import save_all
 
         written = save_all(path, plot)
         typer.echo(f"wrote {len(written)} figure(s) to {plot}", err=as_json)  # keep --json output parseable
@@ -135,7 +135,7 @@ def export_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
 ) -> None:
     """Export to OmniGen's fine-tuning format (JSONL + image folder)."""
-    from x2i.export import export_omnigen
+    from x2i.inspect.export import export_omnigen
 
     if fmt != "omnigen":
         fail(f"unknown export format {fmt!r}; supported: omnigen")
@@ -157,8 +157,8 @@ def import_command(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Import OmniGen-format JSONL (OmniGen fine-tuning data, the released X2I subsets) into x2i Parquet."""
-    from x2i.build import build
-    from x2i.recipe import load_recipe
+    from x2i.engine.build import build
+    from x2i.engine.recipe import load_recipe
 
     if fmt != "omnigen":
         fail(f"unknown import format {fmt!r}; supported: omnigen")

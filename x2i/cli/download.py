@@ -5,7 +5,7 @@ Input is a parquet file or folder with a URL column (LAION's URL/TEXT, or url/ca
 `failed_to_download` rows keep their URL): retrying failed URLs later is one command. The output is what
 img2dataset writes (`{shard:05d}.tar` + sidecar parquet with status/error_message per URL + `_stats.json`), so
 a build reads it as `--images` next to the LAION parquet (rows joined on URL). The run itself lives in
-x2i.download_run; this module only maps options onto it.
+x2i.download.run; this module only maps options onto it.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def download_command(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="Only the first N URLs."),
 ) -> None:
     """Download image URLs safely into an img2dataset-style output (per-URL status and error recorded)."""
-    from x2i.download import DownloadConfig
-    from x2i.download_run import download_to_webdataset
+    from x2i.download.fetch import DownloadConfig
+    from x2i.download.run import download_to_webdataset
 
     config = DownloadConfig(concurrency=concurrency, timeout=timeout, retries=retries, max_bytes=max_bytes,
                             host_failures=host_failures, allow_networks=tuple(allow_network),

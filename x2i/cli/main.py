@@ -11,9 +11,9 @@ import sys
 
 import typer
 
-from x2i.config import ConfigError
-from x2i.errors import X2IError
-from x2i.extras import missing_extra
+from x2i.core.config import ConfigError
+from x2i.core.errors import X2IError
+from x2i.core.extras import missing_extra
 
 COMMAND_MODULES = [
     "x2i.cli.data",

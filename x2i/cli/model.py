@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from x2i.cli.common import user_errors
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 
 @user_errors

@@ -1,4 +1,4 @@
-"""`x2i publish`: a built dataset to a Hugging Face Hub dataset repo (see x2i/hub.py and docs/publishing.md)."""
+"""`x2i publish`: a built dataset to a Hugging Face Hub dataset repo (see x2i/publish/hub.py and docs/publishing.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,9 +31,9 @@ def publish_command(
     no_decode: bool = typer.Option(False, "--no-decode", help="Validate image headers only (faster, weaker)."),
 ) -> None:
     """Publish a dataset to the Hugging Face Hub (one config per task family + default; resumable: re-run it)."""
-    from x2i.errors import X2IError
-    from x2i.hub import PublishConfig, check_repo_id, hub_api, redact, resolve_token, stage, upload
-    from x2i.validate import require_valid
+    from x2i.core.errors import X2IError
+    from x2i.publish.hub import PublishConfig, check_repo_id, hub_api, redact, resolve_token, stage, upload
+    from x2i.inspect.validate import require_valid
 
     check_repo_id(repo_id)
     if not path.is_dir() or not (path / "data").is_dir():

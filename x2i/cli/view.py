@@ -1,4 +1,4 @@
-"""`x2i view`: a static HTML gallery of a dataset (see x2i/gallery.py and docs/inspect.md)."""
+"""`x2i view`: a static HTML gallery of a dataset (see x2i/inspect/gallery.py and docs/inspect.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +18,7 @@ def view_command(
     thumb: int = typer.Option(256, "--thumb", min=32, max=2048, help="Longer side of the thumbnails (px)."),
 ) -> None:
     """Write a static HTML gallery of a dataset (open index.html from disk; no server needed)."""
-    from x2i.gallery import GalleryConfig, build_gallery
+    from x2i.inspect.gallery import GalleryConfig, build_gallery
 
     result = build_gallery(path, out, GalleryConfig(per_task=per_task, seed=seed, thumb_side=thumb,
                                                     tasks=task or None), log=typer.echo)

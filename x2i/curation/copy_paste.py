@@ -11,7 +11,7 @@ then the mask itself is matched against the output's map of pixels of the subjec
 
 `copy_scores(sample)` gives the best score per input; `CopyPasteStep` (recipe step `copy_paste`) records them in
 `meta.copy_paste` and drops copies with reason `copy_paste`; its `after_build` hook puts the build's rate into
-the manifest's `post_build.copy_paste`. `x2i stats` reports the share per task (x2i/stats.py).
+the manifest's `post_build.copy_paste`. `x2i stats` reports the share per task (x2i/inspect/stats.py).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from x2i.sample import Sample
-from x2i.steps import Context, FilterStep
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context, FilterStep
 
 DEFAULT_SCALES = (0.5, 0.63, 0.8, 0.9, 1.0, 1.11, 1.25, 1.6, 2.0)
 
@@ -128,7 +128,7 @@ class CopyPasteStep(FilterStep):
     Params = CopyPasteParams
 
     def __init__(self, params: CopyPasteParams):
-        from x2i.errors import X2IError
+        from x2i.core.errors import X2IError
 
         if not 0 < params.threshold <= 1 or not params.scales or min(params.scales) <= 0:
             raise X2IError(f"copy_paste: threshold in (0, 1] and positive scales, got {params.threshold}, "

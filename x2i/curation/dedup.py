@@ -11,7 +11,7 @@ Two passes, one rule ("the first occurrence in (partition, row) order is kept"):
 1. during the build, `DedupStep` hashes each sample (`meta.sha256`, `meta.inputs_sha256`, the `phash` column)
    and, with `within_partition`, drops repeats inside its partition at once (so later, costlier steps such as
    CLIP scoring skip them);
-2. after every partition is complete, `after_build` (a post-build hook run by x2i.build on the driver, the same
+2. after every partition is complete, `after_build` (a post-build hook run by x2i.engine.build on the driver, the same
    for the local and Ray executors) reads only the hash columns of all shards in (partition, row) order, writes
    the rows to drop to `rejects/dedup.parquet` first (the plan), then rewrites only the affected shards
    atomically and records the outcome in `_progress/post-dedup.json`. A crash anywhere resumes: with a ledger
@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from x2i.curation.phash import phash
-from x2i.errors import X2IError
-from x2i.sample import Reject, Sample
-from x2i.shards import atomic_write_bytes, file_sha256, iter_rows, rewrite_shard, write_rejects
-from x2i.steps import Context, Step
+from x2i.core.errors import X2IError
+from x2i.core.sample import Reject, Sample
+from x2i.engine.shards import atomic_write_bytes, file_sha256, iter_rows, rewrite_shard, write_rejects
+from x2i.engine.steps import Context, Step
 
 LEDGER = "rejects/dedup.parquet"
 OUTCOME = "_progress/post-dedup.json"

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from x2i.errors import X2IError
-from x2i.prompt import placeholder, split
-from x2i.sample import RejectSample, Sample
-from x2i.steps import Context, FilterStep, MapStep
+from x2i.core.errors import X2IError
+from x2i.core.prompt import placeholder, split
+from x2i.core.sample import RejectSample, Sample
+from x2i.engine.steps import Context, FilterStep, MapStep
 
 
 def threshold_reason(name: str, value: Any, min: float | None = None, max: float | None = None,

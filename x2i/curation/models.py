@@ -1,12 +1,12 @@
 """Curation models: open_clip CLIP models and LAION's improved aesthetic predictor, loaded from local files.
 
-Where weights are looked for, in order (the first hit wins; the lookup is x2i.weights):
+Where weights are looked for, in order (the first hit wins; the lookup is x2i.core.weights):
 1. an explicit local path in the step's parameters (a folder in open_clip's `hf-hub:` layout, or the predictor file);
 2. `$X2I_CURATION_DIR/<org>/<repo>/` (or `$X2I_CURATION_DIR/<repo>/`) for CLIP, `$X2I_CURATION_DIR/<file>` for the
    predictor;
 3. the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else ~/.cache/huggingface/hub);
 4. a download, only when the step says `allow_download: true` and `HF_HUB_OFFLINE` is not set.
-Nothing found -> `x2i.weights.MissingWeights`: one line naming the files, every place looked and how to get them.
+Nothing found -> `x2i.core.weights.MissingWeights`: one line naming the files, every place looked and how to get them.
 `open_clip_model.safetensors` is taken over `open_clip_pytorch_model.bin` when both are there.
 
 open_clip's `hf-hub:` layout is a folder with `open_clip_config.json` (model_cfg + preprocess_cfg) and
@@ -24,8 +24,8 @@ import functools
 import os
 from pathlib import Path
 
-from x2i.errors import X2IError
-from x2i.weights import ENV_VARS, MissingWeights, WeightSpec, resolve
+from x2i.core.errors import X2IError
+from x2i.core.weights import ENV_VARS, MissingWeights, WeightSpec, resolve
 
 DEFAULT_CLIP = "hf-hub:timm/vit_large_patch14_clip_224.openai"  # OpenAI ViT-L/14, what the predictor was trained on
 DEFAULT_PREDICTOR = "sac+logos+ava1-l14-linearMSE.pth"

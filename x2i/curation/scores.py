@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from x2i.curation.models import (DEFAULT_CLIP, DEFAULT_PREDICTOR, DEFAULT_PREDICTOR_REPO, load_clip, load_predictor,
                                  pick_device, pick_precision, resolve_clip, resolve_predictor)
-from x2i.errors import X2IError, require_modules
-from x2i.prompt import remove_placeholders
-from x2i.sample import Sample
-from x2i.steps import BatchMapStep, Context
+from x2i.core.errors import X2IError, require_modules
+from x2i.core.prompt import remove_placeholders
+from x2i.core.sample import Sample
+from x2i.engine.steps import BatchMapStep, Context
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from x2i.boxes import iou
+from x2i.core.boxes import iou
 from x2i.shapes.world import COLORS, SHAPES, SIZES, Scene, Shape, make_scene, random_shape
 
 EDIT_KINDS = ("recolour", "move", "add", "remove", "resize")

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from x2i.config import from_dict
+from x2i.core.config import from_dict
 from x2i.shapes.clips import write_clips
 from x2i.shapes.img2dataset_writer import DownloadRecord, write_shard
 from x2i.shapes.photos import PHOTOS

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from x2i.boxes import iou
+from x2i.core.boxes import iou
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -11,10 +11,10 @@ import importlib
 from collections.abc import Iterator
 from typing import Any
 
-from x2i.errors import X2IError
-from x2i.recipe import SourceConfig
-from x2i.sample import Sample
-from x2i.steps import Context
+from x2i.core.errors import X2IError
+from x2i.engine.recipe import SourceConfig
+from x2i.core.sample import Sample
+from x2i.engine.steps import Context
 
 # format name -> "module:Class"; imported on use so a build loads only what it reads.
 SOURCE_FORMATS: dict[str, str] = {

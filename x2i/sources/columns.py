@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from x2i.errors import SourceError
+from x2i.core.errors import SourceError
 
 _KINDS: dict[str, Callable[[pa.DataType], bool]] = {
     "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t),

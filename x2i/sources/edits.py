@@ -30,14 +30,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from x2i.config import from_dict
+from x2i.core.config import from_dict
 from x2i.sources.columns import check_file
-from x2i.errors import SourceError, X2IError
-from x2i.imageio import EncodedImage, ImageError, encode, load
-from x2i.masks import mask_from_image, mask_from_pair
-from x2i.sample import SOURCE_TASK, Sample
+from x2i.core.errors import SourceError, X2IError
+from x2i.core.imageio import EncodedImage, ImageError, encode, load
+from x2i.core.masks import mask_from_image, mask_from_pair
+from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 ROWS_PER_BATCH = 8  # rows decoded at a time: edit rows carry 2-3 full-size images each
 
@@ -65,7 +65,7 @@ def union_mask(masks: list[EncodedImage]) -> EncodedImage | None:
 
 
 def binary_mask(mask: EncodedImage, source: EncodedImage) -> tuple[EncodedImage | None, dict[str, Any]]:
-    """A dataset mask as a black/white PNG, read against the image it was drawn on (x2i.masks.mask_from_pair):
+    """A dataset mask as a black/white PNG, read against the image it was drawn on (x2i.core.masks.mask_from_pair):
     MagicBrush paints the region white on the source photo, so only the pixels that differ are the region.
     Done here, where mask and source are still paired (a chain's turns have different sources). An unreadable
     mask is dropped with a note in meta: the image_edit builder then falls back to the pixel difference."""

@@ -21,13 +21,13 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from x2i.errors import SourceError, X2IError
+from x2i.core.errors import SourceError, X2IError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
-from x2i.imageio import ImageError, load
-from x2i.sample import SOURCE_TASK, Sample
+from x2i.core.imageio import ImageError, load
+from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 # GRIT-20M's published columns (noun_chunks/ref_exps: lists of [start, end, x1, y1, x2, y2, score], or the same
 # as a JSON string in some re-exports).

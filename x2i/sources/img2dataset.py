@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from x2i.errors import SourceError
+from x2i.core.errors import SourceError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types, read_schema
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

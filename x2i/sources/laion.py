@@ -27,14 +27,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from x2i.config import from_dict
-from x2i.errors import SourceError, X2IError
+from x2i.core.config import from_dict
+from x2i.core.errors import SourceError, X2IError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
-from x2i.imageio import ImageError, load
-from x2i.sample import SOURCE_TASK, Sample
+from x2i.core.imageio import ImageError, load
+from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 SCORE_COLUMNS = ("similarity", "punsafe", "pwatermark")
 # The published metadata columns (v1 and v2 spellings) and img2dataset's columns of a downloaded copy.
@@ -50,7 +50,7 @@ COLUMNS_HELP = ("LAION-Aesthetics columns: URL, TEXT, WIDTH, HEIGHT, similarity,
 class LaionOptions:
     embedded: dict[str, Any] | None = None  # options of the embedded sample (scenes, size, seed, ...)
     download: bool = False  # fetch the images of a LAION parquet during the build
-    downloader: dict[str, Any] = field(default_factory=dict)  # x2i.download.DownloadConfig fields
+    downloader: dict[str, Any] = field(default_factory=dict)  # x2i.download.fetch.DownloadConfig fields
     rows_per_partition: int = 2000  # download mode: LAION rows per build partition
 
 
@@ -152,7 +152,7 @@ class LaionSource(Source):
         self.options = from_dict(LaionOptions, config.options, "source.options")
         if self.options.rows_per_partition < 1:
             raise X2IError("source.options.rows_per_partition must be >= 1")
-        from x2i.download import DownloadConfig
+        from x2i.download.fetch import DownloadConfig
 
         # Checked now so a typo in the downloader settings fails before any work.
         self.download_config = from_dict(DownloadConfig, self.options.downloader, "source.options.downloader")
@@ -286,7 +286,7 @@ class LaionSource(Source):
                     return
 
     def _read_download(self, part: RowRange, ctx: Context, limit: int | None) -> Iterator[Sample]:
-        from x2i.download import Downloader
+        from x2i.download.fetch import Downloader
 
         downloader = Downloader(self.download_config)
         stem = Path(part.path).name

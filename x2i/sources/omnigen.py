@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from x2i.errors import SourceError, X2IError
-from x2i.imageio import ImageError, load
-from x2i.safepath import DEFAULT_MAX_FILE_BYTES, FileRejected, read_confined_file
-from x2i.sample import Sample
+from x2i.core.errors import SourceError, X2IError
+from x2i.core.imageio import ImageError, load
+from x2i.core.safepath import DEFAULT_MAX_FILE_BYTES, FileRejected, read_confined_file
+from x2i.core.sample import Sample
 from x2i.sources import Source
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 LINES_PER_PARTITION = 20_000
 # task_type values seen in OmniGen's own files, spelled as released.
@@ -145,7 +145,7 @@ class OmniGenJsonlSource(Source):
             return None
         images = []
         for rel in [*inputs, output]:
-            # Paths are row data: read only regular files under the images root, size-checked (x2i.safepath).
+            # Paths are row data: read only regular files under the images root, size-checked (x2i.core.safepath).
             try:
                 images.append(load(read_confined_file(root, rel, self.max_image_bytes), path=Path(str(rel)).name))
             except FileRejected as exc:

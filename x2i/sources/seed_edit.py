@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from x2i.config import from_dict
-from x2i.errors import SourceError, X2IError
-from x2i.imageio import EncodedImage, ImageError, load
-from x2i.safepath import FileRejected, read_confined_file
-from x2i.sample import SOURCE_TASK, Sample
+from x2i.core.config import from_dict
+from x2i.core.errors import SourceError, X2IError
+from x2i.core.imageio import EncodedImage, ImageError, load
+from x2i.core.safepath import FileRejected, read_confined_file
+from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources.edits import join_instructions
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 CANDIDATES = {
     "source": ("source_image", "source", "input_image", "src_image"),
@@ -85,7 +85,7 @@ class SeedDataEditSource(Source):
             self._reject(ctx, "image_field_missing", f"image path is {rel!r}", key, path, line)
             return None
         file = root / rel.lstrip("/")
-        try:  # only regular files under the images root, size checked before reading (x2i/safepath.py)
+        try:  # only regular files under the images root, size checked before reading (x2i/core/safepath.py)
             data = read_confined_file(root, rel.lstrip("/"))
         except FileRejected as exc:
             self._reject(ctx, exc.reason, f"{file}: {exc}", key, path, line)

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from x2i.config import from_dict
-from x2i.errors import SourceError
-from x2i.imageio import ImageError, decode
-from x2i.sample import SOURCE_TASK, Sample
+from x2i.core.config import from_dict
+from x2i.core.errors import SourceError
+from x2i.core.imageio import ImageError, decode
+from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources.grit import parse_chunk
-from x2i.steps import Context
+from x2i.engine.steps import Context
 
 VIDEO_EXTS = {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}

@@ -26,10 +26,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from x2i.errors import X2IError
-from x2i.imageio import ImageError, decode
-from x2i.prompt import split
-from x2i.shards import TMP_PREFIX, atomic_write_bytes, shard_files
+from x2i.core.errors import X2IError
+from x2i.core.imageio import ImageError, decode
+from x2i.core.prompt import split
+from x2i.engine.shards import TMP_PREFIX, atomic_write_bytes, shard_files
 
 THUMBS = "thumbs"
 

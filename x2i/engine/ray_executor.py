@@ -15,8 +15,8 @@ from typing import Any
 
 import ray
 
-from x2i.errors import X2IError
-from x2i.executor import Executor
+from x2i.core.errors import X2IError
+from x2i.engine.executor import Executor
 
 
 def worker_env() -> dict[str, str]:

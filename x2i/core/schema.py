@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from x2i.imageio import EncodedImage
-from x2i.sample import Sample
+from x2i.core.imageio import EncodedImage
+from x2i.core.sample import Sample
 
 SCHEMA_VERSION = 1
 

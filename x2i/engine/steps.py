@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from x2i.errors import BuildStopped, X2IError, describe_stop
-from x2i.imageio import ImageError
-from x2i.sample import Reject, RejectSample, Sample
+from x2i.core.errors import BuildStopped, X2IError, describe_stop
+from x2i.core.imageio import ImageError
+from x2i.core.sample import Reject, RejectSample, Sample
 
 log = logging.getLogger("x2i")
 
@@ -98,7 +98,7 @@ class Step:
 
     def needs(self) -> list[tuple[str, str]]:
         """Optional modules this step imports while running, as (module, extra that installs it): checked
-        before any work (x2i.build.preflight), so a missing install stops the build instead of every row."""
+        before any work (x2i.engine.build.preflight), so a missing install stops the build instead of every row."""
         return []
 
     def _guard(self, sample: Sample, ctx: Context, fn) -> Any:

@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from x2i import __version__
-from x2i.schema import HF_FEATURES, SCHEMA_VERSION
-from x2i.shards import shard_files
+from x2i.core.schema import HF_FEATURES, SCHEMA_VERSION
+from x2i.engine.shards import shard_files
 
 if TYPE_CHECKING:
-    from x2i.hub import PublishConfig, Staged
+    from x2i.publish.hub import PublishConfig, Staged
 
 
 def _feature_yaml(name: str, feature: Any) -> dict[str, str]:

@@ -7,12 +7,12 @@ Output dir layout:
     _progress/part-<partition>.json            completion record: a partition is done iff this exists
     _progress/post-*.json, rejects/<step>.parquet  state and ledger of whole-build passes (e.g. dedup)
     manifest.json                              written when every partition is done and the passes ran
-    .x2i-lock, .x2i-lock.workers               while a build runs: its lock (x2i/lock.py), removed at the end
+    .x2i-lock, .x2i-lock.workers               while a build runs: its lock (x2i/engine/lock.py), removed at the end
 
 A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at most the partitions in
 flight; a re-run with a different plan is refused rather than mixing two builds in one folder. A re-run of
 a complete build reads and writes nothing but reads (it works on read-only storage). One build at a time
-holds `.x2i-lock` in the folder (x2i/lock.py); a second fails at once naming the holder.
+holds `.x2i-lock` in the folder (x2i/engine/lock.py); a second fails at once naming the holder.
 """
 from __future__ import annotations
 
@@ -27,17 +27,17 @@ from typing import Any
 
 from x2i import __version__
 from x2i.builders import make_builder, make_steps
-from x2i.errors import BuildStopped, X2IError, describe_stop, require_modules
-from x2i.executor import make_executor
-from x2i.lock import LOCK_NAMES, BuildLock, DriverGuard, live_holder, locked_error
-from x2i.prompt import problems
-from x2i.recipe import Recipe
-from x2i.sample import SOURCE_TASK, Sample
-from x2i.schema import SCHEMA_VERSION
-from x2i.shards import (TMP_PREFIX, PartitionWriter, StorageError, atomic_write_bytes, storage_errors,
+from x2i.core.errors import BuildStopped, X2IError, describe_stop, require_modules
+from x2i.engine.executor import make_executor
+from x2i.engine.lock import LOCK_NAMES, BuildLock, DriverGuard, live_holder, locked_error
+from x2i.core.prompt import problems
+from x2i.engine.recipe import Recipe
+from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.core.schema import SCHEMA_VERSION
+from x2i.engine.shards import (TMP_PREFIX, PartitionWriter, StorageError, atomic_write_bytes, storage_errors,
                         task_dir_name, write_rejects)
 from x2i.sources import make_source
-from x2i.steps import Context, Step, run_steps
+from x2i.engine.steps import Context, Step, run_steps
 
 PROGRESS = "_progress"
 

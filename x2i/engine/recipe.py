@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from x2i.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
+from x2i.core.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
 
 
 @dataclass

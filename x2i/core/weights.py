@@ -6,7 +6,7 @@ A `WeightSpec` names a Hugging Face repo, the files a loader reads (an entry may
 2. the kind's own environment variable: $X2I_ANNOTATOR_DIR, $X2I_CURATION_DIR or $X2I_OMNIGEN_DIR, with the files
    at `<dir>/<repo_id>/` (layout "repo"; "repo_or_name" also accepts `<dir>/<repo name>/`) or in `<dir>` itself
    (layout "flat");
-3. the Hugging Face hub cache (x2i/hf_cache.py: `$HF_HUB_CACHE`, else `$HF_HOME/hub`), a snapshot holding every
+3. the Hugging Face hub cache (x2i/core/hf_cache.py: `$HF_HUB_CACHE`, else `$HF_HOME/hub`), a snapshot holding every
    file, the one `refs/main` names first;
 4. a download into that cache, only when the caller allows it and HF_HUB_OFFLINE is not set.
 A folder missing any file is passed over. Nothing found raises `MissingWeights`: one line naming the files, every
@@ -22,8 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from x2i.errors import X2IError
-from x2i.hf_cache import hf_cache_dir, hf_offline
+from x2i.core.errors import X2IError
+from x2i.core.hf_cache import hf_cache_dir, hf_offline
 
 ENV_VARS = {"annotator": "X2I_ANNOTATOR_DIR", "curation": "X2I_CURATION_DIR", "omnigen": "X2I_OMNIGEN_DIR"}
 LAYOUTS = ("repo", "repo_or_name", "flat")

@@ -27,10 +27,10 @@ from typing import Any
 import pyarrow.parquet as pq
 from PIL import Image
 
-from x2i.imageio import DEFAULT_MAX_PIXELS, ImageError, decode
-from x2i.prompt import problems
-from x2i.schema import ARROW_SCHEMA, HF_FEATURES, SCHEMA_VERSION, schema_version_of
-from x2i.shards import file_sha256, shard_files
+from x2i.core.imageio import DEFAULT_MAX_PIXELS, ImageError, decode
+from x2i.core.prompt import problems
+from x2i.core.schema import ARROW_SCHEMA, HF_FEATURES, SCHEMA_VERSION, schema_version_of
+from x2i.engine.shards import file_sha256, shard_files
 
 MAX_ROWS_PER_GROUP = 100
 
@@ -298,7 +298,7 @@ def require_valid(path: str | Path, decode_images: bool = True, action: str = "p
     """Validate a dataset folder before `action` (publishing, ...) with its recipe's size multiple; return its
     manifest (None without one). Raise X2IError when it fails, after passing the first `shown` problems to
     `log` (e.g. a print to stderr): an unfinished or broken build must never be published."""
-    from x2i.errors import X2IError
+    from x2i.core.errors import X2IError
 
     root = Path(path)
     manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else None

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from x2i.errors import X2IError
-from x2i.shards import storage_errors
+from x2i.core.errors import X2IError
+from x2i.engine.shards import storage_errors
 
 LOCK_NAME = ".x2i-lock"
 WORKERS_NAME = ".x2i-lock.workers"

@@ -1,7 +1,7 @@
 """The two kinds of failure, kept apart.
 
 - A bad row (image, box, caption) is *data*: a step raises `RejectSample` (or `ImageError`), the row is counted
-  with its reason and kept in the rejects ledger, and the build goes on (x2i/steps.py).
+  with its reason and kept in the rejects ledger, and the build goes on (x2i/engine/steps.py).
 - Everything else is *not data*: a missing module, missing or unreadable weights, a source column of the wrong
   type, a full disk, an exception no step declared. It stops the build before or as soon as it is met; the CLI
   prints the one-line message (cause and fix) and exits with code 2, never a traceback.
@@ -30,7 +30,7 @@ class BuildStopped(X2IError):
 
 def missing_module_fix(exc: ImportError) -> str:
     """'pip install ...' for a missing optional module, from the module's top-level name."""
-    from x2i.extras import extra_for
+    from x2i.core.extras import extra_for
 
     top = (getattr(exc, "name", None) or "").split(".")[0]
     extra = extra_for(top) if top else None
@@ -59,7 +59,7 @@ def require_modules(what: str, modules: list[tuple[str, str]]) -> None:
     Looked up without importing (find_spec), so checking is cheap and has no side effects."""
     import importlib.util
 
-    from x2i.extras import MissingExtra
+    from x2i.core.extras import MissingExtra
 
     for module, extra in modules:
         try:

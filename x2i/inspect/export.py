@@ -12,9 +12,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from x2i.errors import X2IError
-from x2i.safepath import confined, safe_component
-from x2i.shards import atomic_write_bytes, iter_rows, shard_files, task_dir_name
+from x2i.core.errors import X2IError
+from x2i.core.safepath import confined, safe_component
+from x2i.engine.shards import atomic_write_bytes, iter_rows, shard_files, task_dir_name
 
 _EXT = {b"\xff\xd8": "jpg", b"\x89P": "png", b"RI": "webp", b"GI": "gif"}
 

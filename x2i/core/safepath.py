@@ -15,7 +15,7 @@ import re
 import stat
 from pathlib import Path, PurePosixPath
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 # A changed value gets `~<hash>` appended: '~' is never kept from the input, so a changed value can never equal

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from x2i import __version__
-from x2i.download_run import HostBreaker, fetch_ordered
+from x2i.download.run import HostBreaker, fetch_ordered
 
 USER_AGENT_TOKEN = "x2i"
 # Statuses a later attempt may turn into a success; everything else is final.
@@ -378,7 +378,7 @@ class Downloader:
     # -- many URLs -----------------------------------------------------------------------------------------
     def fetch_many(self, urls: Iterable[str | None]) -> Iterator[FetchResult]:
         """Results in input order; at most `concurrency` requests and `concurrency * max_bytes` body bytes held
-        (see x2i.download_run.fetch_ordered)."""
+        (see x2i.download.run.fetch_ordered)."""
         return fetch_ordered(self, urls)
 
     def release(self, result: FetchResult) -> None:

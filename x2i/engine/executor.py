@@ -1,9 +1,9 @@
 """Executors run one function over many partition jobs. Local runs them in this process (or a process pool);
-Ray runs each as a Ray task (x2i/ray_executor.py, the only module that imports Ray). Both give identical rows
+Ray runs each as a Ray task (x2i/engine/ray_executor.py, the only module that imports Ray). Both give identical rows
 because each job does all of its own work and writes its own shards.
 
 Workers never outlive the driver: pool workers get SIGKILL when it dies (Linux PR_SET_PDEATHSIG) and, on any
-platform, a watchdog thread exits them when their parent changes. With a `guard` (x2i.lock.DriverGuard)
+platform, a watchdog thread exits them when their parent changes. With a `guard` (x2i.engine.lock.DriverGuard)
 every worker also holds the output folder's workers lock while it runs, so a new build waits them out.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 PR_SET_PDEATHSIG = 1
 WATCHDOG_S = 0.25
@@ -95,13 +95,13 @@ class LocalExecutor(Executor):
 
 
 def make_executor(name: str, workers: int = 1, address: str | None = None, guard: Any = None) -> Executor:
-    """`guard`: the build's x2i.lock.DriverGuard (optional, so the executors stay usable on their own)."""
+    """`guard`: the build's x2i.engine.lock.DriverGuard (optional, so the executors stay usable on their own)."""
     if name == "local":
         if address:
             raise X2IError("--ray-address needs --executor ray")
         return LocalExecutor(workers, guard)
     if name == "ray":
-        from x2i.ray_executor import RayExecutor
+        from x2i.engine.ray_executor import RayExecutor
 
         return RayExecutor(workers, address, guard)
     raise X2IError(f"unknown executor {name!r}; use local or ray")

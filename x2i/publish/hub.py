@@ -32,9 +32,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from x2i.errors import X2IError
-from x2i.schema import SCHEMA
-from x2i.shards import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir, shard_files
+from x2i.core.errors import X2IError
+from x2i.core.schema import SCHEMA
+from x2i.engine.shards import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir, shard_files
 
 STAGE_RECORD = ".x2i-stage.json"
 CARD = "README.md"
@@ -236,7 +236,7 @@ def _prepare_stage_dir(out: Path) -> dict[str, Any] | None:
 def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest: dict[str, Any] | None = None,
           log=lambda msg: None) -> Staged:
     """Write the Hub repo folder for `dataset` into `out` (data files + README.md); see the module docstring."""
-    from x2i.card import render_card  # the card reads the staged files
+    from x2i.publish.card import render_card  # the card reads the staged files
 
     dataset, out = Path(dataset), Path(out)
     plan = _plan(dataset, cfg)

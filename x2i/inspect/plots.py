@@ -1,7 +1,7 @@
 """QA figures of a dataset: the ones the QA notebooks show and `x2i stats --plot DIR` writes as PNGs.
 
 - `rows_per_task`, `rejects_per_reason`, `score_histograms` (aesthetic, CLIP), `size_distributions` (output
-  width x height, aspect ratio, long side): from `x2i.stats.collect` (columns only, no image bytes);
+  width x height, aspect ratio, long side): from `x2i.inspect.stats.collect` (columns only, no image bytes);
 - `sample_grid(task)`: a few rows of a task, inputs -> output with the instruction above them;
 - `condition_pairs(task)`: for annotator tasks (vision/..., control/...), image | condition | overlay, the
   overlay showing at a glance whether the condition lines up with the image.
@@ -21,12 +21,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from x2i.errors import X2IError
-from x2i.gallery import choose_rows, read_rows
-from x2i.imageio import ImageError, decode
-from x2i.prompt import PLACEHOLDER_PATTERN
-from x2i.shards import shard_files
-from x2i.stats import SIDE_BINS, collect, rejects_of
+from x2i.core.errors import X2IError
+from x2i.inspect.gallery import choose_rows, read_rows
+from x2i.core.imageio import ImageError, decode
+from x2i.core.prompt import PLACEHOLDER_PATTERN
+from x2i.engine.shards import shard_files
+from x2i.inspect.stats import SIDE_BINS, collect, rejects_of
 
 THUMB = 256
 

@@ -3,8 +3,8 @@
 A notebook's parameters live in its first cell tagged `parameters` (papermill's convention, so papermill works
 too); `inject_parameters` appends the given values to that cell, so defaults not given stay as they are.
 
-    python -m x2i.notebook notebooks/dataset_qa.ipynb dataset=out/subject-driven per_task=4 -o qa.ipynb
-    python -m x2i.notebook --strip notebooks/*.ipynb      # before committing a notebook you ran by hand
+    python -m x2i.inspect.notebook notebooks/dataset_qa.ipynb dataset=out/subject-driven per_task=4 -o qa.ipynb
+    python -m x2i.inspect.notebook --strip notebooks/*.ipynb      # before committing a notebook you ran by hand
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import ast
 from pathlib import Path
 from typing import Any
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 
 def inject_parameters(nb: Any, params: dict[str, Any]) -> Any:
@@ -67,7 +67,7 @@ def _value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m x2i.notebook", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m x2i.inspect.notebook", description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="+", help="notebook (one, to run) or notebooks (with --strip)")
     parser.add_argument("-o", "--out", help="where to write the executed notebook")
     parser.add_argument("--strip", action="store_true", help="strip outputs in place instead of running")

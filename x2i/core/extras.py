@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from x2i.errors import X2IError
+from x2i.core.errors import X2IError
 
 # pip extra -> the import names its packages provide; mirrors [project.optional-dependencies] in pyproject.toml
 # (tests/core/test_extras.py checks the two agree). Order matters: a module in several extras is attributed to

@@ -22,10 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from x2i.errors import X2IError
-from x2i.safepath import confined, safe_relpath
-from x2i.sample import Reject, Sample
-from x2i.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
+from x2i.core.errors import X2IError
+from x2i.core.safepath import confined, safe_relpath
+from x2i.core.sample import Reject, Sample
+from x2i.core.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
 
 TMP_PREFIX = ".tmp-"
 
@@ -90,7 +90,7 @@ def _unlink_quietly(path: Path) -> None:
 
 def task_dir_name(task: str) -> str:
     """The task's folder under `data/`: tasks such as `vision/canny` nest, ordinary names are kept as they are,
-    anything else (absolute, `..`, empty, odd characters) becomes a safe, distinct name (see x2i.safepath)."""
+    anything else (absolute, `..`, empty, odd characters) becomes a safe, distinct name (see x2i.core.safepath)."""
     return safe_relpath(task)
 
 

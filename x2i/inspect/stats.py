@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from x2i.shards import shard_files
+from x2i.engine.shards import shard_files
 
 SIDE_BINS = [0, 256, 384, 512, 640, 768, 1024, 1536, 2048, 10**9]
 COPY_PASTE_TASKS = ("subject_driven", "in_context", "few_shot/subject_driven", "few_shot/in_context")

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-if TYPE_CHECKING:  # x2i.download imports this module: its names are only needed for annotations here
+if TYPE_CHECKING:  # x2i.download.fetch imports this module: its names are only needed for annotations here
     import pyarrow as pa
 
-    from x2i.download import DownloadConfig, Downloader, FetchResult
+    from x2i.download.fetch import DownloadConfig, Downloader, FetchResult
     from x2i.shapes.img2dataset_writer import DownloadRecord
 
 Row = tuple[Optional[str], Optional[str], dict[str, Any]]  # url, caption, other columns kept in the sidecar
@@ -117,7 +117,7 @@ def parquet_schema(source: Path, url_col: str | None, caption_col: str | None):
     """(files, url column, caption column, [(other column, type)]) of a URL list in parquet."""
     import pyarrow.parquet as pq
 
-    from x2i.errors import SourceError
+    from x2i.core.errors import SourceError
 
     files = [source] if source.is_file() else sorted(source.rglob("*.parquet"))
     if not files:
@@ -151,7 +151,7 @@ def reject_rows(build: Path, limit: int | None) -> list[Row]:
     """The failed downloads of a build's rejects ledger, each URL once, with the reason it failed."""
     import pyarrow.parquet as pq
 
-    from x2i.errors import X2IError
+    from x2i.core.errors import X2IError
 
     files = sorted((build / "rejects").glob("*.parquet"))
     if not files:
@@ -187,7 +187,7 @@ def download_to_webdataset(source: Path, out: Path, config: DownloadConfig, *, f
                            url_col: str | None = None, caption_col: str | None = None, per_shard: int = 1000,
                            limit: int | None = None) -> DownloadSummary:
     """Download the URLs of a parquet URL list (or of a build's rejects ledger) into img2dataset's layout."""
-    from x2i.errors import X2IError
+    from x2i.core.errors import X2IError
 
     if out.exists() and any(out.iterdir()):
         raise X2IError(f"{out} exists and is not empty; choose another --out")
@@ -205,7 +205,7 @@ def download_to_webdataset(source: Path, out: Path, config: DownloadConfig, *, f
 def write_webdataset(rows: Iterable[Row], out: Path, extra: list[tuple[str, pa.DataType]], config: DownloadConfig,
                      per_shard: int = 1000) -> DownloadSummary:
     """Fetch each row's URL and write it, in input order, to `per_shard`-record shards as the results come."""
-    from x2i.download import Downloader
+    from x2i.download.fetch import Downloader
     from x2i.shapes.img2dataset_writer import ShardWriter
 
     downloader = Downloader(config)
@@ -237,7 +237,7 @@ def write_webdataset(rows: Iterable[Row], out: Path, extra: list[tuple[str, pa.D
 
 
 def _record(row: Row, res: FetchResult, statuses: Counter) -> DownloadRecord:
-    from x2i.imageio import ImageError, load
+    from x2i.core.imageio import ImageError, load
     from x2i.shapes.img2dataset_writer import DownloadRecord
 
     url, caption, additional = row

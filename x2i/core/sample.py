@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from x2i.imageio import EncodedImage
+from x2i.core.imageio import EncodedImage
 
 # Task name of samples straight out of a reader, before a builder turns them into X2I samples.
 SOURCE_TASK = "source"

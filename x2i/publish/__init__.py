@@ -1,0 +1,1 @@
+"""Publishing a built dataset to the Hugging Face Hub: the repo layout, the dataset card, resumable uploads."""
