@@ -27,6 +27,7 @@ from x2i.core.imageio import ImageError, load
 from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
+from x2i.sources.parquet_parts import DEFAULT_ROWS_PER_PARTITION, check_rows_per_partition
 from x2i.engine.steps import Context
 
 # GRIT-20M's published columns (noun_chunks/ref_exps: lists of [start, end, x1, y1, x2, y2, score], or the same
@@ -120,9 +121,13 @@ class GritSource(Source):
 
     def __init__(self, config):
         super().__init__(config)
-        unknown = sorted(set(config.options) - {"embedded"})
+        unknown = sorted(set(config.options) - {"embedded", "rows_per_partition"})
         if unknown:
-            raise X2IError(f"source.options: unknown key(s) {unknown} for format grit; allowed: ['embedded']")
+            raise X2IError(f"source.options: unknown key(s) {unknown} for format grit; allowed: ['embedded', "
+                           "'rows_per_partition']")
+        # img2dataset parquet shards bigger than this are split into partitions of whole row groups/row spans
+        self.rows_per_partition = check_rows_per_partition(
+            config.options.get("rows_per_partition", DEFAULT_ROWS_PER_PARTITION))
         if config.path is None and config.images is None:
             from x2i.shapes.embedded import embedded_source
 
@@ -163,14 +168,14 @@ class GritSource(Source):
                             raise SourceError(where, f"missing column '{col}': download GRIT with img2dataset "
                                                      "--save_additional_columns, or give the GRIT parquet as "
                                                      "source path and this folder as images")
-        return shards
+        return i2d.split_shards(shards, self.rows_per_partition)
 
     def count(self, partition: i2d.Shard) -> int:
         return i2d.count(partition)
 
     def label(self, partition: i2d.Shard) -> str:
         root = self.images_root if self.images_root.is_dir() else self.images_root.parent
-        return str(Path(partition.path).relative_to(root))
+        return i2d.shard_label(partition, root)
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.config.path, "images": self.config.images,

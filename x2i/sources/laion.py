@@ -34,6 +34,7 @@ from x2i.core.imageio import ImageError, load
 from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
+from x2i.sources.parquet_parts import iter_span
 from x2i.engine.steps import Context
 
 SCORE_COLUMNS = ("similarity", "punsafe", "pwatermark")
@@ -51,7 +52,9 @@ class LaionOptions:
     embedded: dict[str, Any] | None = None  # options of the embedded sample (scenes, size, seed, ...)
     download: bool = False  # fetch the images of a LAION parquet during the build
     downloader: dict[str, Any] = field(default_factory=dict)  # x2i.download.fetch.DownloadConfig fields
-    rows_per_partition: int = 2000  # download mode: LAION rows per build partition
+    # Rows per build partition: LAION rows to download (download mode), and the most rows of an img2dataset
+    # parquet shard before it is split into row spans (the other modes; x2i/sources/parquet_parts.py).
+    rows_per_partition: int = 2000
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,7 @@ class LaionSource(Source):
                 if cols:
                     check_types(shard.sidecar or shard.path, schema, LAION_TYPES)
                     check_columns(shard.sidecar or shard.path, cols, "url", "caption")
-        return shards
+        return i2d.split_shards(shards, self.options.rows_per_partition)
 
     def count(self, partition: Any) -> int:
         if isinstance(partition, RowRange):
@@ -213,7 +216,7 @@ class LaionSource(Source):
         if isinstance(partition, RowRange):
             return f"{Path(partition.path).name}[{partition.start}:{partition.stop}]"
         root = self.root if self.root.is_dir() else self.root.parent
-        return str(Path(partition.path).relative_to(root))
+        return i2d.shard_label(partition, root)
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.config.path, "images": self.config.images, "mode": self.mode,
@@ -272,18 +275,8 @@ class LaionSource(Source):
 
     def _rows(self, part: RowRange, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
         stop = part.stop if limit is None else min(part.stop, part.start + limit)
-        pf = pq.ParquetFile(part.path)
-        pos = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            if pos + batch.num_rows <= part.start:
-                pos += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                if part.start <= pos < stop:
-                    yield pos, row
-                pos += 1
-                if pos >= stop:
-                    return
+        # Only the row groups holding the range are read (not every row before it, once per partition).
+        yield from iter_span(pq.ParquetFile(part.path), part.start, stop, batch_size=1024)
 
     def _read_download(self, part: RowRange, ctx: Context, limit: int | None) -> Iterator[Sample]:
         from x2i.download.fetch import Downloader
