@@ -34,7 +34,7 @@ def build_once(recipe, out: Path, **kw) -> tuple[int, float]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     manifest = build(recipe, out, progress=False, **kw)
-    return manifest["rows"], time.perf_counter() - start
+    return manifest.rows, time.perf_counter() - start
 
 
 def bare_loop(images_dir: Path, crops: dict[str, list[list[list[int]]]], out: Path, quality: int = 95) -> tuple[int, float]:

@@ -22,7 +22,7 @@ def rows_of(path):
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False, strict=True)
-    assert len(manifest["partitions"]) >= 3
+    assert len(manifest.partitions) >= 3
     return out, manifest, rows_of(out)
 
 
@@ -48,8 +48,8 @@ def test_interrupted_build_resumes_to_identical_rows(reference, tmp_path, monkey
     monkeypatch.setattr(GritSource, "read", original)
     manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert rows_of(out) == ref_rows
-    assert manifest["rows"] == ref_manifest["rows"] and manifest["rejects"] == ref_manifest["rejects"]
-    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in ref_manifest["shards"]]
+    assert manifest.rows == ref_manifest.rows and manifest.rejects == ref_manifest.rejects
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in ref_manifest.shards]
 
 
 def test_crash_between_commit_and_completion_record_is_redone(reference, tmp_path, monkeypatch):
@@ -92,7 +92,7 @@ def test_ray_executor_gives_identical_rows(reference, tmp_path):
     manifest = build(load_recipe("subject-driven"), tmp_path / "ray", limit=LIMIT, executor="ray", workers=2,
                      progress=False)
     assert rows_of(tmp_path / "ray") == reference[2]
-    assert manifest["rejects"] == reference[1]["rejects"]
+    assert manifest.rejects == reference[1].rejects
 
 
 def test_a_different_plan_is_refused_and_overwrite_replaces(reference, tmp_path):
