@@ -64,19 +64,25 @@ def write_dataset(root: Path, rows: dict[str, int], size: int = 32, seed: int = 
                     sample.output_image = encode(sample.output_image.pil().resize((w, h)), "PNG")
                 writer.write(sample)
         shards += [vars(s) for s in writer.commit()]
+    write_manifest(root, shards, name or root.name)
+    return root
+
+
+def write_manifest(root: Path, shards: list[dict], name: str) -> None:
+    """The manifest.json of hand-written shards (`vars(ShardInfo)`), complete as `x2i build` writes it."""
     tasks = {}
     for s in shards:
         t = tasks.setdefault(s["task"], {"rows": 0, "shards": 0, "bytes": 0})
         t["rows"] += s["rows"]
         t["shards"] += 1
         t["bytes"] += s["bytes"]
+    rows = sum(t["rows"] for t in tasks.values())
     manifest = {"schema_version": 1, "x2i_version": "0.1.0", "created_at": "2025-01-01T00:00:00Z",
-                "name": name or root.name, "recipe": {}, "source": {}, "limit": None, "rows": sum(rows.values()),
-                "tasks": tasks, "source_samples": sum(rows.values()), "rejects": {}, "rejects_total": 0,
+                "name": name, "recipe": {}, "source": {}, "limit": None, "rows": rows,
+                "tasks": tasks, "source_samples": rows, "rejects": {}, "rejects_total": 0,
                 "rejects_files": [], "shards": sorted(shards, key=lambda s: s["path"]), "partitions": []}
     from_dict(Manifest, manifest)  # the layout x2i writes (x2i/engine/manifest.py), checked here, not at first use
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return root
 
 
 def write_mix(path: Path, datasets: list[dict], **extra) -> Path:

@@ -36,6 +36,9 @@ class ManifestError(X2IError):
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = path, problem
 
+    def __reduce__(self):  # keeps path and problem across process pools and Ray
+        return type(self), (self.path, self.problem)
+
 
 @dataclass
 class TaskTotals:
