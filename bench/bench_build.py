@@ -39,7 +39,7 @@ def build_once(recipe, out: Path, **kw) -> tuple[int, float]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     manifest = build(recipe, out, progress=False, **kw)
-    return manifest["rows"], time.perf_counter() - start
+    return manifest.rows, time.perf_counter() - start
 
 
 def bare_loop(images_dir: Path, crops: dict[str, list[list[list[int]]]], out: Path, quality: int = 95) -> tuple[int, float]:
@@ -96,13 +96,12 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="x2i-bench-"))
     os.environ.setdefault("X2I_CACHE", str(work / "cache"))
-    from x2i.engine.recipe import load_recipe
+    from x2i.engine.recipe import resolve_recipe
     from x2i.shapes.embedded import embedded_source
 
     options = {"scenes": args.scenes, "per_shard": args.per_shard, "size": 512, "photos": False}
     images_dir = embedded_source("grit", options)  # written before timing starts
-    recipe = load_recipe("subject-driven")
-    recipe.source.options = {"embedded": options}
+    recipe, _ = resolve_recipe("subject-driven", {"source.options": {"embedded": options}})
     results = {}
 
     # Alternate the two, several times, and keep each one's median: other load on the machine hits both alike.

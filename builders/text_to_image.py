@@ -17,6 +17,7 @@ from x2i.builders import Builder
 from x2i.curation.filters import json_safe, threshold_reason
 from x2i.core.imageio import fit
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "text_to_image"
@@ -72,6 +73,7 @@ class TextToImageStep(MapStep):
         return out.with_id()
 
 
+@register_builder("text_to_image")
 class TextToImageBuilder(Builder):
     name = TASK
     source_formats = ("laion",)

@@ -107,7 +107,7 @@ def write_mixed_dataset(out: Path) -> Path:
         "recipe": {"name": "mixed-test", "builder": "handmade", "seed": 0,
                    "source": {"format": "shapes", "path": SECRET_DIR}, "output": {"multiple": 16}},
         "source": {"format": "shapes", "path": SECRET_DIR, "embedded": False},
-        "notes": [], "rows": sum(t["rows"] for t in tasks.values()), "tasks": dict(sorted(tasks.items())),
+        "notes": [], "limit": None, "rows": sum(t["rows"] for t in tasks.values()), "tasks": dict(sorted(tasks.items())),
         "source_samples": 40, "rejects": {"too_small": 2, "no_entity": 1}, "rejects_total": 3,
         "rejects_files": ["rejects/part-00000.parquet"], "shards": sorted(shards, key=lambda s: s["path"]),
         "partitions": [],

@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from x2i.core.config import ConfigError, from_dict, read_yaml
 from x2i.core.errors import X2IError
+from x2i.engine.manifest import MANIFEST, Manifest, read_manifest
 from x2i.engine.shards import file_sha256
 
 
@@ -191,20 +192,14 @@ def _row_groups(path: Path) -> list[int]:
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
-def _read_manifest(spec: str) -> tuple[Path, dict[str, Any]]:
+def _read_manifest(spec: str) -> tuple[Path, Manifest]:
     path = Path(spec).expanduser()
     if path.is_dir() or path.suffix != ".json":
-        path = path / "manifest.json"
+        path = path / MANIFEST
     if not path.is_file():
         raise X2IError(f"mix dataset manifest {path.resolve()} not found (build the dataset first, e.g. "
                        "`x2i build --task ... --out DIR`, and name DIR or DIR/manifest.json in the mix)")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise X2IError(f"{path}: not a JSON manifest: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise X2IError(f"{path}: not an x2i manifest (no `shards` list)")
-    return path, manifest
+    return path, read_manifest(path)  # ManifestError (an X2IError) names the file and the bad key
 
 
 def _group_of(task: str, keys: list[str]) -> str | None:
@@ -225,32 +220,32 @@ def resolve_mix(config: MixConfig) -> Mix:
     for i, d in enumerate(config.datasets):
         manifest_path, manifest = _read_manifest(d.path)
         root = manifest_path.parent
-        name = d.name or str(manifest.get("name") or root.name)
+        name = d.name or manifest.name or root.name
         if name in names:
             name = f"{name}#{i}"
         names.add(name)
         by_task: dict[str, list[ShardRef]] = {}
-        for entry in manifest["shards"]:
-            if d.tasks is not None and entry["task"] not in d.tasks:
+        for entry in manifest.shards:
+            if d.tasks is not None and entry.task not in d.tasks:
                 continue
-            shard = root / entry["path"]
+            shard = root / entry.path
             if not shard.is_file():
                 raise X2IError(f"shard {shard} listed in {manifest_path} not found")
-            if config.verify != "none" and shard.stat().st_size != entry["bytes"]:
+            if config.verify != "none" and shard.stat().st_size != entry.bytes:
                 raise X2IError(f"shard {shard} is {shard.stat().st_size} bytes, its manifest {manifest_path} says "
-                               f"{entry['bytes']}: refusing to train on it (rebuild the dataset)")
+                               f"{entry.bytes}: refusing to train on it (rebuild the dataset)")
             if config.verify == "checksum":
-                to_hash.append((shard, entry["sha256"], str(manifest_path)))
+                to_hash.append((shard, entry.sha256, str(manifest_path)))
             groups = _row_groups(shard)
-            if sum(groups) != entry["rows"]:
+            if sum(groups) != entry.rows:
                 raise X2IError(f"shard {shard} holds {sum(groups)} rows, its manifest {manifest_path} says "
-                               f"{entry['rows']}: refusing to train on it")
-            by_task.setdefault(entry["task"], []).append(ShardRef(str(shard.resolve()), entry["rows"], groups))
+                               f"{entry.rows}: refusing to train on it")
+            by_task.setdefault(entry.task, []).append(ShardRef(str(shard.resolve()), entry.rows, groups))
         if d.tasks is not None:
             missing = sorted(set(d.tasks) - set(by_task))
             if missing:
                 raise X2IError(f"{manifest_path}: no rows of task(s) {missing} named in the mix "
-                               f"(the dataset has {sorted({e['task'] for e in manifest['shards']})})")
+                               f"(the dataset has {sorted({e.task for e in manifest.shards})})")
         if not any(s.rows for shards in by_task.values() for s in shards):
             raise X2IError(f"{manifest_path}: the dataset has no rows to train on")
         per_dataset.append((d, name, by_task))

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import x2i.engine.build as build_module
+import x2i.engine.manifest as manifest_module
 from x2i.engine.build import build
 from x2i.core.errors import X2IError
 from x2i.engine.recipe import load_recipe
@@ -22,7 +23,7 @@ def rows_of(path):
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False, strict=True)
-    assert len(manifest["partitions"]) >= 3
+    assert len(manifest.partitions) >= 3
     return out, manifest, rows_of(out)
 
 
@@ -48,25 +49,25 @@ def test_interrupted_build_resumes_to_identical_rows(reference, tmp_path, monkey
     monkeypatch.setattr(GritSource, "read", original)
     manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert rows_of(out) == ref_rows
-    assert manifest["rows"] == ref_manifest["rows"] and manifest["rejects"] == ref_manifest["rejects"]
-    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in ref_manifest["shards"]]
+    assert manifest.rows == ref_manifest.rows and manifest.rejects == ref_manifest.rejects
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in ref_manifest.shards]
 
 
 def test_crash_between_commit_and_completion_record_is_redone(reference, tmp_path, monkeypatch):
     _, _, ref_rows = reference
-    original = build_module.atomic_write_bytes
+    original = manifest_module.atomic_write_bytes  # completion records are written by x2i/engine/manifest.py
 
     def fail_on_record(path, data):
         if path.name == "part-00002.json":
             raise OSError("disk vanished")
         return original(path, data)
 
-    monkeypatch.setattr(build_module, "atomic_write_bytes", fail_on_record)
+    monkeypatch.setattr(manifest_module, "atomic_write_bytes", fail_on_record)
     out = tmp_path / "out"
     with pytest.raises(X2IError, match="partition 2"):
         build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert list(out.rglob("part-00002-*.parquet"))  # committed shards without a completion record
-    monkeypatch.setattr(build_module, "atomic_write_bytes", original)
+    monkeypatch.setattr(manifest_module, "atomic_write_bytes", original)
     build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert rows_of(out) == ref_rows
 
@@ -92,7 +93,7 @@ def test_ray_executor_gives_identical_rows(reference, tmp_path):
     manifest = build(load_recipe("subject-driven"), tmp_path / "ray", limit=LIMIT, executor="ray", workers=2,
                      progress=False)
     assert rows_of(tmp_path / "ray") == reference[2]
-    assert manifest["rejects"] == reference[1]["rejects"]
+    assert manifest.rejects == reference[1].rejects
 
 
 def test_a_different_plan_is_refused_and_overwrite_replaces(reference, tmp_path):
@@ -103,7 +104,7 @@ def test_a_different_plan_is_refused_and_overwrite_replaces(reference, tmp_path)
     with pytest.raises(X2IError, match="different plan"):
         build(recipe, out, limit=10, progress=False)
     manifest = build(recipe, out, limit=10, overwrite=True, progress=False)
-    assert json.loads((out / "manifest.json").read_text())["recipe"]["seed"] == 5 == manifest["recipe"]["seed"]
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["seed"] == 5 == manifest.recipe["seed"]
     stranger = tmp_path / "not-ours"
     stranger.mkdir()
     (stranger / "precious.txt").write_text("keep me")

@@ -10,14 +10,15 @@ import typer
 from x2i.cli.common import fail, user_errors
 
 
-def _summary(manifest: dict, out: Path) -> str:
-    lines = [f"note: {note}" for note in manifest.get("notes", [])]
-    lines.append(f"wrote {manifest['rows']} rows to {out}")
-    for task, info in manifest["tasks"].items():
-        lines.append(f"  {task}: {info['rows']} rows in {info['shards']} shard(s)")
-    if manifest["rejects"]:
-        top = sorted(manifest["rejects"].items(), key=lambda kv: -kv[1])
-        lines.append(f"  rejected {manifest['rejects_total']}: " + ", ".join(f"{k} {v}" for k, v in top[:8])
+def _summary(manifest, out: Path) -> str:
+    """What `x2i build` prints: notes, rows per task, the commonest reject reasons, where the manifest is."""
+    lines = [f"note: {note}" for note in manifest.notes]
+    lines.append(f"wrote {manifest.rows} rows to {out}")
+    for task, info in manifest.tasks.items():
+        lines.append(f"  {task}: {info.rows} rows in {info.shards} shard(s)")
+    if manifest.rejects:
+        top = manifest.top_rejects()
+        lines.append(f"  rejected {manifest.rejects_total}: " + ", ".join(f"{k} {v}" for k, v in top[:8])
                      + (" ..." if len(top) > 8 else ""))
     lines.append(f"  manifest: {out / 'manifest.json'}")
     return "\n".join(lines)
@@ -44,20 +45,15 @@ def build_command(
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Accept a build that reads rows but keeps none (otherwise exit 2)."),
 ) -> None:
     """Build a dataset from a recipe; re-running the same command resumes an interrupted build."""
-    from x2i.engine.build import build
-    from x2i.engine.recipe import errors_in, resolve_recipe
+    from x2i.engine.build import build_recipe
 
     if (task is None) == (recipe is None):
         fail("give exactly one of --task or --recipe (see `x2i recipes` for the shipped tasks)")
     annotator_list = [a.strip() for a in annotators.split(",") if a.strip()] if annotators is not None else None
-    resolved, where = resolve_recipe(recipe if recipe is not None else task, sets=overrides, options={
+    manifest, out_dir = build_recipe(recipe if recipe is not None else task, out, sets=overrides, options={
         "source.path": source, "source.images": images, "source.format": source_format, "seed": seed,
-        "params.annotators": annotator_list})
-    out_dir = out if out is not None else Path("out") / resolved.name
-    with errors_in(where):  # a builder or source checking its part of the recipe names the recipe file
-        manifest = build(resolved, out_dir, executor=executor, workers=workers, ray_address=ray_address,
-                         limit=limit, overwrite=overwrite, progress=not quiet, max_error_rate=max_error_rate,
-                         allow_empty=allow_empty)
+        "params.annotators": annotator_list}, executor=executor, workers=workers, ray_address=ray_address,
+        limit=limit, overwrite=overwrite, progress=not quiet, max_error_rate=max_error_rate, allow_empty=allow_empty)
     typer.echo(_summary(manifest, out_dir))
 
 
@@ -157,16 +153,13 @@ def import_command(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Import OmniGen-format JSONL (OmniGen fine-tuning data, the released X2I subsets) into x2i Parquet."""
-    from x2i.engine.build import build
-    from x2i.engine.recipe import load_recipe
+    from x2i.engine.build import build_recipe
 
     if fmt != "omnigen":
         fail(f"unknown import format {fmt!r}; supported: omnigen")
-    recipe = load_recipe("omnigen_import")
-    recipe.source.path = str(path)
-    recipe.source.images = str(images) if images else None
-    manifest = build(recipe, out, executor=executor, workers=workers, limit=limit, overwrite=overwrite,
-                     progress=not quiet)
+    manifest, out = build_recipe("omnigen_import", out, options={
+        "source.path": str(path), "source.images": str(images) if images else None}, executor=executor,
+        workers=workers, limit=limit, overwrite=overwrite, progress=not quiet)
     typer.echo(_summary(manifest, out))
 
 

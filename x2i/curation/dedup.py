@@ -29,14 +29,17 @@ import json
 import math
 from collections import Counter, defaultdict
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from x2i.curation.phash import phash
+from x2i.core.config import to_dict
 from x2i.core.errors import X2IError
 from x2i.core.sample import Reject, Sample
+from x2i.engine.manifest import PartitionRecord, records_from
 from x2i.engine.shards import atomic_write_bytes, file_sha256, iter_rows, rewrite_shard, write_rejects
+from x2i.engine.registry import register_step
 from x2i.engine.steps import Context, Step
 
 LEDGER = "rejects/dedup.parquet"
@@ -153,6 +156,7 @@ class DedupParams:
     across_build: bool = True  # then drop repeats across partitions once all are done
 
 
+@register_step("dedup")
 class DedupStep(Step):
     name = "dedup"
     Params = DedupParams
@@ -183,7 +187,7 @@ class DedupStep(Step):
             yield sample
 
     # -- the post-build pass ---------------------------------------------------------------------------------
-    def after_build(self, out: Path, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def after_build(self, out: Path, records: list[PartitionRecord]) -> tuple[list[PartitionRecord], dict[str, Any]]:
         out = Path(out)
         summary = {"by": self.p.by, "max_distance": self.p.max_distance, "within_partition": self.p.within_partition,
                    "across_build": self.p.across_build}
@@ -191,7 +195,7 @@ class DedupStep(Step):
             return records, summary
         if (out / OUTCOME).exists():
             saved = json.loads((out / OUTCOME).read_text())
-            return saved["records"], saved["summary"]
+            return records_from(saved["records"]), saved["summary"]
         if (out / LEDGER).exists():  # a plan from an interrupted run: apply it again
             drops = [{**json.loads(r["meta"]), "reason": r["reason"]} for r in iter_rows(out / LEDGER)]
             checked = None
@@ -202,32 +206,33 @@ class DedupStep(Step):
         updated = self._apply(out, records, drops)
         summary.update(rows_checked=checked, dropped=dict(Counter(d["reason"] for d in drops)),
                        rejects_file=LEDGER)
-        atomic_write_bytes(out / OUTCOME, json.dumps({"records": updated, "summary": summary}, indent=1).encode())
+        atomic_write_bytes(out / OUTCOME, json.dumps({"records": to_dict(updated), "summary": summary},
+                                                     indent=1).encode())
         return updated, summary
 
-    def _plan(self, out: Path, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    def _plan(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
         seen = Deduper(self.p.by, self.p.max_distance)
         drops, checked = [], 0
-        for rec in sorted(records, key=lambda r: r["index"]):
-            for shard in rec["shards"]:
+        for rec in sorted(records, key=lambda r: r.index):
+            for shard in rec.shards:
                 columns = ["id", "task", "instruction", "source", "source_key", "phash", "meta"]
-                for row in iter_rows(out / shard["path"], columns=columns, batch_rows=1024):
+                for row in iter_rows(out / shard.path, columns=columns, batch_rows=1024):
                     checked += 1
                     meta = json.loads(row["meta"]) if row["meta"] else {}
                     hit = seen.check(_group(row["task"], meta), meta.get("sha256"), row["phash"],
-                                     (row["id"], row["source"], row["source_key"], rec["index"]),
+                                     (row["id"], row["source"], row["source_key"], rec.index),
                                      _near_group(row["task"], meta, row["instruction"]))
                     if hit is None:
                         continue
                     reason, (kept_id, src, key, part), distance = hit
                     drops.append({"reason": reason, "id": row["id"], "task": row["task"], "source": row["source"],
-                                  "source_key": row["source_key"], "shard": shard["path"], "partition": rec["index"],
+                                  "source_key": row["source_key"], "shard": shard.path, "partition": rec.index,
                                   "url": meta.get("url"), "duplicate_of": kept_id, "distance": distance,
                                   "detail": f"duplicate of {src}/{key} in partition {part} (distance {distance})"})
         return drops, checked
 
     @staticmethod
-    def _apply(out: Path, records: list[dict[str, Any]], drops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _apply(out: Path, records: list[PartitionRecord], drops: list[dict[str, Any]]) -> list[PartitionRecord]:
         by_shard: dict[str, set[str]] = defaultdict(set)
         for d in drops:
             by_shard[d["shard"]].add(d["id"])
@@ -236,18 +241,18 @@ class DedupStep(Step):
             by_partition[d["partition"]].append(d)
         updated = deepcopy(records)
         for rec in updated:
-            for d in by_partition.get(rec["index"], []):
-                rec["rows"][d["task"]] = rec["rows"].get(d["task"], 0) - 1
-                rec["rejects"][d["reason"]] = rec["rejects"].get(d["reason"], 0) + 1
-            rec["rows"] = {t: n for t, n in rec["rows"].items() if n > 0}
+            for d in by_partition.get(rec.index, []):
+                rec.rows[d["task"]] = rec.rows.get(d["task"], 0) - 1
+                rec.rejects[d["reason"]] = rec.rejects.get(d["reason"], 0) + 1
+            rec.rows = {t: n for t, n in rec.rows.items() if n > 0}
             kept_shards = []
-            for shard in rec["shards"]:
-                path = out / shard["path"]
-                if shard["path"] in by_shard:
-                    rows = rewrite_shard(path, by_shard[shard["path"]]) if path.exists() else 0
+            for shard in rec.shards:
+                path = out / shard.path
+                if shard.path in by_shard:
+                    rows = rewrite_shard(path, by_shard[shard.path]) if path.exists() else 0
                     if rows == 0:
                         continue
-                    shard = {**shard, "rows": rows, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                    shard = replace(shard, rows=rows, bytes=path.stat().st_size, sha256=file_sha256(path))
                 kept_shards.append(shard)
-            rec["shards"] = kept_shards
+            rec.shards = kept_shards
         return updated

@@ -15,6 +15,7 @@ from typing import Any
 from x2i.core.errors import X2IError
 from x2i.core.prompt import placeholder, split
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_step
 from x2i.engine.steps import Context, FilterStep, MapStep
 
 
@@ -67,6 +68,7 @@ class MetaThresholdParams:
     name: str | None = None  # reason prefix (default: the field's last part)
 
 
+@register_step("meta_threshold")
 class MetaThresholdStep(FilterStep):
     """Bounds on a source column carried in meta: NSFW (punsafe), watermark (pwatermark), UltraEdit's clip_sim_*."""
 
@@ -99,6 +101,7 @@ class SizeFilterParams:
     of: str = "source"  # source: the size before fitting (meta.source_size), else the output image's size
 
 
+@register_step("size_filter")
 class SizeFilterStep(FilterStep):
     name = "size_filter"
     Params = SizeFilterParams
@@ -141,6 +144,7 @@ class CaptionCleanParams:
     min_letter_ratio: float = 0.5  # reject text that is mostly digits / symbols (file names, SKUs)
 
 
+@register_step("caption_clean")
 class CaptionCleanStep(MapStep):
     """Clean the text of an instruction, leaving its image placeholders exactly as they are."""
 

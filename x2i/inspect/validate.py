@@ -30,6 +30,8 @@ from PIL import Image
 from x2i.core.imageio import DEFAULT_MAX_PIXELS, ImageError, decode
 from x2i.core.prompt import problems
 from x2i.core.schema import ARROW_SCHEMA, HF_FEATURES, SCHEMA_VERSION, schema_version_of
+from x2i.engine.manifest import (MANIFEST, PROGRESS, Manifest, ManifestError, manifest_path, plan_path, read_manifest,
+                                 read_plan)
 from x2i.engine.shards import file_sha256, shard_files
 
 MAX_ROWS_PER_GROUP = 100
@@ -87,13 +89,12 @@ def data_shards(root: Path) -> list[Path]:
 def build_progress(root: Path) -> tuple[int, int | None] | None:
     """(partitions done, partitions planned or None if unreadable) of an x2i build folder; None when `root`
     holds no x2i build (no _progress/plan.json)."""
-    plan = root / "_progress" / "plan.json"
-    if not plan.is_file():
+    if not plan_path(root).is_file():
         return None
-    done = len(list((root / "_progress").glob("part-*.json")))
+    done = len(list((root / PROGRESS).glob("part-*.json")))
     try:
-        planned = len(json.loads(plan.read_text())["partitions"])
-    except (ValueError, KeyError, TypeError):
+        planned = len(read_plan(root).partitions)
+    except ManifestError:
         planned = None  # a damaged plan still marks an unfinished build; only the count is unknown
     return done, planned
 
@@ -188,37 +189,36 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
             add(f"{col} is {v}")
 
 
-def _check_manifest(root: Path, files: list[Path], report: Report) -> dict[str, Any] | None:
-    path = root / "manifest.json"
+def _check_manifest(root: Path, files: list[Path], report: Report) -> Manifest | None:
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        report.problems.append(Problem("manifest.json", None, None, f"not valid JSON: {exc}"))
+        manifest = read_manifest(root)
+    except ManifestError as exc:
+        report.problems.append(Problem(MANIFEST, None, None, exc.problem))
         return None
-    listed = {s["path"]: s for s in manifest.get("shards", [])}
+    listed = {s.path: s for s in manifest.shards}
     on_disk = {str(p.relative_to(root)) for p in files}
     for rel in sorted(on_disk - set(listed)):
         report.problems.append(Problem(rel, None, None, "shard not listed in manifest.json"))
     task_rows: dict[str, int] = {}
     for rel, info in sorted(listed.items()):
-        task_rows[info["task"]] = task_rows.get(info["task"], 0) + info["rows"]
+        task_rows[info.task] = task_rows.get(info.task, 0) + info.rows
         p = root / rel
         if rel not in on_disk:
             report.problems.append(Problem(rel, None, None, "listed in manifest.json but missing"))
             continue
         rows = pq.ParquetFile(p).metadata.num_rows
-        if rows != info["rows"]:
-            report.problems.append(Problem(rel, None, None, f"{rows} rows, manifest says {info['rows']}"))
-        if file_sha256(p) != info["sha256"]:
+        if rows != info.rows:
+            report.problems.append(Problem(rel, None, None, f"{rows} rows, manifest says {info.rows}"))
+        if file_sha256(p) != info.sha256:
             report.problems.append(Problem(rel, None, None, "sha256 differs from manifest.json"))
-    for task, info in manifest.get("tasks", {}).items():
-        if task_rows.get(task, 0) != info.get("rows"):
-            report.problems.append(Problem("manifest.json", None, None,
-                                           f"task {task}: shards hold {task_rows.get(task, 0)} rows, tasks says {info.get('rows')}"))
+    for task, totals in manifest.tasks.items():
+        if task_rows.get(task, 0) != totals.rows:
+            report.problems.append(Problem(MANIFEST, None, None,
+                                           f"task {task}: shards hold {task_rows.get(task, 0)} rows, tasks says {totals.rows}"))
     return manifest
 
 
-def _completeness(root: Path, files: list[Path], report: Report, partial: bool) -> dict[str, Any] | None:
+def _completeness(root: Path, files: list[Path], report: Report, partial: bool) -> Manifest | None:
     """Manifest and build-progress checks of a dataset folder; returns the manifest when there is one."""
     progress = build_progress(root)
     if partial:
@@ -228,7 +228,7 @@ def _completeness(root: Path, files: list[Path], report: Report, partial: bool) 
         else:
             report.note = "partial: manifest not checked"
         return None
-    if (root / "manifest.json").exists():
+    if manifest_path(root).exists():
         before = len(report.problems)
         manifest = _check_manifest(root, files, report)
         if len(report.problems) > before:
@@ -258,10 +258,9 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
     if report.incomplete is not None and not report.problems:
         return report  # no manifest: nothing to check the rows against, and the fix is to finish the build
     if not files:
-        if manifest is not None and manifest.get("rows") == 0:
-            rejected = manifest.get("rejects_total", 0)
-            report.note = (f"0 rows: an empty build, {rejected} source record(s) rejected"
-                           + (" (ledgers in rejects/)" if manifest.get("rejects_files") else ""))
+        if manifest is not None and manifest.rows == 0:
+            report.note = (f"0 rows: an empty build, {manifest.rejects_total} source record(s) rejected"
+                           + (" (ledgers in rejects/)" if manifest.rejects_files else ""))
             return report
         report.problems.append(Problem(str(root), None, None, "no parquet shards found"))
         return report
@@ -294,15 +293,20 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
 
 
 def require_valid(path: str | Path, decode_images: bool = True, action: str = "publish",
-                  log: Any = None, shown: int = 20) -> dict[str, Any] | None:
+                  log: Any = None, shown: int = 20) -> Manifest | None:
     """Validate a dataset folder before `action` (publishing, ...) with its recipe's size multiple; return its
     manifest (None without one). Raise X2IError when it fails, after passing the first `shown` problems to
     `log` (e.g. a print to stderr): an unfinished or broken build must never be published."""
     from x2i.core.errors import X2IError
 
     root = Path(path)
-    manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else None
-    multiple = ((manifest or {}).get("recipe") or {}).get("output", {}).get("multiple", 16)
+    manifest = None
+    if manifest_path(root).exists():
+        try:
+            manifest = read_manifest(root)
+        except ManifestError:
+            pass  # validate() reports the unreadable manifest as a problem, and so refuses below
+    multiple = manifest.output_multiple() if manifest is not None else 16
     report = validate(root, multiple=multiple, decode_images=decode_images)
     if not report.ok:
         for problem in report.problems[:shown] if log is not None else []:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from x2i.core.errors import X2IError
 from x2i.core.schema import SCHEMA
+from x2i.engine.manifest import Manifest
 from x2i.engine.shards import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir, shard_files
 
 STAGE_RECORD = ".x2i-stage.json"
@@ -233,7 +234,7 @@ def _prepare_stage_dir(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest: dict[str, Any] | None = None,
+def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest: Manifest | None = None,
           log=lambda msg: None) -> Staged:
     """Write the Hub repo folder for `dataset` into `out` (data files + README.md); see the module docstring."""
     from x2i.publish.card import render_card  # the card reads the staged files

@@ -37,6 +37,7 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.core.imageio import EncodedImage, ImageError, encode, load
 from x2i.core.masks import mask_from_image, mask_from_pair
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources.parquet_parts import (DEFAULT_ROWS_PER_PARTITION, RowSpan, check_rows_per_partition, iter_span,
                                        span_label, split_file)
@@ -225,6 +226,7 @@ class ParquetEditSource(Source):
                 yield sample
 
 
+@register_source("instructpix2pix")
 class InstructPix2PixSource(ParquetEditSource):
     format = "instructpix2pix"
     roles = {"source": "original_image", "target": "edited_image", "instruction": "edit_prompt"}
@@ -232,6 +234,7 @@ class InstructPix2PixSource(ParquetEditSource):
     help = "InstructPix2Pix columns: original_prompt, original_image, edit_prompt, edited_prompt, edited_image"
 
 
+@register_source("ultraedit")
 class UltraEditSource(ParquetEditSource):
     format = "ultraedit"
     roles = {"source": "source_image", "target": "edited_image", "instruction": "edit_prompt", "mask": "mask_image",
@@ -242,6 +245,7 @@ class UltraEditSource(ParquetEditSource):
             "source_caption, target_caption, idx, edit_prompt, source_image, edited_image[, edit_object, mask_image]")
 
 
+@register_source("hq_edit")
 class HQEditSource(ParquetEditSource):
     format = "hq_edit"
     roles = {"source": "input_image", "target": "output_image", "instruction": "edit", "inverse": "inverse_edit"}
@@ -262,6 +266,7 @@ class HQEditSource(ParquetEditSource):
                     yield inverse
 
 
+@register_source("magicbrush")
 class MagicBrushSource(ParquetEditSource):
     format = "magicbrush"
     roles = {"source": "source_img", "target": "target_img", "instruction": "instruction", "mask": "mask_img"}

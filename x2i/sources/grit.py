@@ -25,6 +25,7 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
 from x2i.core.imageio import ImageError, load
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
 from x2i.sources.parquet_parts import DEFAULT_ROWS_PER_PARTITION, check_rows_per_partition
@@ -116,6 +117,7 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return index
 
 
+@register_source("grit")
 class GritSource(Source):
     format = "grit"
 
