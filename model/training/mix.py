@@ -228,6 +228,8 @@ def resolve_mix(config: MixConfig) -> Mix:
         for entry in manifest.shards:
             if d.tasks is not None and entry.task not in d.tasks:
                 continue
+            if entry.path.startswith("test/"):  # a holdout split (x2i build --holdout): never trained on
+                continue
             shard = root / entry.path
             if not shard.is_file():
                 raise X2IError(f"shard {shard} listed in {manifest_path} not found")

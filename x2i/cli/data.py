@@ -43,6 +43,7 @@ def build_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     max_error_rate: float = typer.Option(0.0, "--max-error-rate", min=0.0, max=0.99, help="Share of source rows that may fail with an undeclared error, counted as 'unexpected_error' rejects (default 0: the first one stops the build)."),
     allow_empty: bool = typer.Option(False, "--allow-empty", help="Accept a build that reads rows but keeps none (otherwise exit 2)."),
+    holdout: Optional[float] = typer.Option(None, "--holdout", min=0.0, max=0.99, help="Hold this share of source items (a GRIT image, a clip, an edit session) out as the test split, in test/ (by a hash of their key)."),
 ) -> None:
     """Build a dataset from a recipe; re-running the same command resumes an interrupted build."""
     from x2i.engine.build import build_recipe
@@ -52,7 +53,7 @@ def build_command(
     annotator_list = [a.strip() for a in annotators.split(",") if a.strip()] if annotators is not None else None
     manifest, out_dir = build_recipe(recipe if recipe is not None else task, out, sets=overrides, options={
         "source.path": source, "source.images": images, "source.format": source_format, "seed": seed,
-        "params.annotators": annotator_list}, executor=executor, workers=workers, ray_address=ray_address,
+        "params.annotators": annotator_list, "output.holdout": holdout}, executor=executor, workers=workers, ray_address=ray_address,
         limit=limit, overwrite=overwrite, progress=not quiet, max_error_rate=max_error_rate, allow_empty=allow_empty)
     typer.echo(_summary(manifest, out_dir))
 

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from x2i.core.config import from_dict
-from x2i.core.errors import BuildStopped, describe_stop, require_modules
+from x2i.core.errors import BuildStopped, X2IError, describe_stop, require_modules
 from x2i.core.prompt import problems
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.holdout import HoldoutStep
 from x2i.engine.recipe import Recipe, SourceConfig
 from x2i.engine.registry import BUILDERS, SOURCES, STEPS
 from x2i.engine.steps import Context, Step
@@ -107,7 +108,11 @@ def compile_plan(recipe: Recipe) -> Plan:
     for step in steps:
         require_modules(f"recipe {recipe.name} (step {step.name})", step.needs())
     hooks = [s for s in extra if getattr(s, "after_build", None) is not None]
-    return Plan(recipe, source, builder, steps + [FinalizeStep()], hooks)
+    holdout = recipe.output.holdout
+    if not 0.0 <= holdout < 1.0:
+        raise X2IError(f"output.holdout must be in [0, 1), got {holdout}")
+    tail = [FinalizeStep()] + ([HoldoutStep(holdout)] if holdout > 0 else [])
+    return Plan(recipe, source, builder, steps + tail, hooks)
 
 
 _WORKER_PLANS: dict[str, Plan] = {}

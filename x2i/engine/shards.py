@@ -28,6 +28,9 @@ from x2i.core.sample import Reject, Sample
 from x2i.core.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
 
 TMP_PREFIX = ".tmp-"
+# Where each split's shards live: `data/<task>/` is what every reader has always loaded (train); a holdout
+# (x2i/engine/holdout.py) goes to `test/<task>/`, so `data/**/*.parquet` never picks it up by accident.
+SPLIT_ROOTS = {"train": "data", "test": "test"}
 
 
 def temp_path(path: Path) -> Path:
@@ -220,8 +223,9 @@ class ShardInfo:
 class _TaskShards:
     """Open Parquet writers for one task in one partition, rolling to a new shard at `max_bytes`."""
 
-    def __init__(self, out_dir: Path, task: str, partition: int, rows_per_group: int, max_bytes: int):
-        self.out_dir, self.task, self.partition = out_dir, task, partition
+    def __init__(self, out_dir: Path, task: str, partition: int, rows_per_group: int, max_bytes: int,
+                 root: str = "data"):
+        self.out_dir, self.task, self.partition, self.root = out_dir, task, partition, root
         self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
         self.buffer: list[dict] = []
         self.buffer_bytes = 0
@@ -234,7 +238,7 @@ class _TaskShards:
 
     def _open(self) -> None:
         # The path checked is the path written: confined() returns it only once it is proven under out_dir.
-        final = confined(self.out_dir, "data", task_dir_name(self.task),
+        final = confined(self.out_dir, self.root, task_dir_name(self.task),
                          f"part-{self.partition:05d}-{self.index:03d}.parquet")
         self.current = (temp_path(final), final)  # before opening: abort() removes it whatever fails next
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +284,7 @@ class _TaskShards:
         """The shard being written, for error messages."""
         if self.current is not None:
             return self.current[1]
-        return self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
+        return self.out_dir / self.root / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
 
     def abort(self) -> None:
         """Remove every temp file, even when closing fails (on a full disk the footer write fails again)."""
@@ -298,23 +302,25 @@ class PartitionWriter:
     def __init__(self, out_dir: Path, partition: int, rows_per_group: int = 100, max_bytes: int = 500 << 20):
         self.out_dir, self.partition = Path(out_dir), partition
         self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
-        self.tasks: dict[str, _TaskShards] = {}
+        self.tasks: dict[tuple[str, str], _TaskShards] = {}  # (split, task) -> its shards
         self.committed: list[Path] = []  # renamed into place by a commit that has not finished
 
     def write(self, sample: Sample) -> None:
-        shards = self.tasks.get(sample.task)
+        key = (sample.split, sample.task)
+        shards = self.tasks.get(key)
         if shards is None:
-            shards = self.tasks[sample.task] = _TaskShards(self.out_dir, sample.task, self.partition,
-                                                           self.rows_per_group, self.max_bytes)
+            shards = self.tasks[key] = _TaskShards(self.out_dir, sample.task, self.partition, self.rows_per_group,
+                                                   self.max_bytes, SPLIT_ROOTS[sample.split])
         with storage_errors(shards.where):
             shards.add(sample_to_row(sample))
 
     def commit(self) -> list[ShardInfo]:
         """Close, fsync and rename every shard into place; return what was written."""
         infos = []
-        for task in sorted(self.tasks):
-            with storage_errors(self.tasks[task].where):
-                shards = self.tasks[task].finish()
+        for key in sorted(self.tasks, key=lambda k: (k[1], k[0] != "train")):  # tasks in order, as before splits
+            task = key[1]
+            with storage_errors(self.tasks[key].where):
+                shards = self.tasks[key].finish()
             for tmp, final, rows, size, sha in shards:
                 with storage_errors(final):
                     os.replace(tmp, final)
@@ -361,13 +367,17 @@ def write_rejects(path: Path, rejects: list[Reject]) -> None:
             raise
 
 
-def shard_files(root: Path) -> list[Path]:
-    """Every committed shard under a dataset dir (or the single file given), in a stable order."""
+def shard_files(root: Path, split: str | None = "train") -> list[Path]:
+    """Every committed shard of `split` under a dataset dir (None: every split; train lives in data/, a holdout
+    in test/), or the single file given, in a stable order."""
     root = Path(root)
     if root.is_file():
         return [root]
-    base = root / "data" if (root / "data").is_dir() else root
-    return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX))
+    if not (root / "data").is_dir() and not (root / "test").is_dir():
+        return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX))  # a bare folder
+    splits = SPLIT_ROOTS if split is None else {split: SPLIT_ROOTS[split]}
+    return [p for name in splits.values() if (root / name).is_dir()
+            for p in sorted((root / name).rglob("*.parquet")) if not p.name.startswith(TMP_PREFIX)]
 
 
 def iter_rows(path: Path, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict]:

@@ -82,7 +82,7 @@ def data_shards(root: Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return [f for f in shard_files(root)
+    return [f for f in shard_files(root, split=None)  # every split: a holdout's test/ shards are data too
             if not (f.relative_to(root).parts[0] == "rejects" or f.relative_to(root).parts[0][0] in "_.")]
 
 

@@ -1,6 +1,7 @@
 """The dataset card (README.md) written by `x2i publish`.
 
-The YAML header is what the Hub and `datasets` read: `configs` (data_files globs per config, one split `train`),
+The YAML header is what the Hub and `datasets` read: `configs` (data_files globs per config: `train`, and `test`
+when the build held source items out),
 `dataset_info` (features and split sizes per config; `datasets` checks the row counts when it loads), licence,
 task categories, tags and size category. The body is for people: the configs, how to load them, the schema
 and the provenance of the data (recipe, sources, per-row licences, x2i version, what was rejected and why).
@@ -121,11 +122,14 @@ def card_metadata(staged: "Staged", cfg: "PublishConfig") -> dict[str, Any]:
     for name, tasks in staged.configs.items():
         files = [f for t in tasks for f in by_task[t]]
         folders = sorted({f.path.rsplit("/", 1)[0] for f in files})
+        split_of = {f.path: f.path.rsplit("/", 1)[1].split("-", 1)[0] for f in files}  # train-/test-NNNNN-...
+        splits = [s for s in ("train", "test") if s in split_of.values()]
         configs.append({"config_name": name,
-                        "data_files": [{"split": "train", "path": [f"{d}/train-*.parquet" for d in folders]}]})
+                        "data_files": [{"split": s, "path": [f"{d}/{s}-*.parquet" for d in folders]} for s in splits]})
         num_bytes = sum(arrow_bytes[f.path] for f in files)
         infos.append({"config_name": name, "features": FEATURES_YAML,
-                      "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": sum(f.rows for f in files)}],
+                      "splits": [{"name": s, "num_bytes": sum(arrow_bytes[f.path] for f in files if split_of[f.path] == s),
+                                  "num_examples": sum(f.rows for f in files if split_of[f.path] == s)} for s in splits],
                       "download_size": sum(f.bytes for f in files), "dataset_size": num_bytes})
     categories = ["image-to-image"]
     if any(t.startswith("text_to_image") for t in staged.tasks):
