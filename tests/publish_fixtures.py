@@ -1,4 +1,4 @@
-"""Datasets for the publish / gallery / notebook tests (imported by the conftest.py of each of those folders).
+"""Datasets for the publish / gallery / notebook tests (their fixtures are imported by tests/conftest.py).
 
 - `write_mixed_dataset(out)`: a small dataset written directly with `PartitionWriter`, so it does not depend on
   builders that live in other branches: tasks with 0, 1 and 3 input images, two tasks of one family with a slash
@@ -137,7 +137,7 @@ def set_cache(tmp_path_factory) -> None:
     os.environ.setdefault("X2I_CACHE", str(shared_dir(tmp_path_factory, "x2i-cache")))
 
 
-# -- pytest fixtures (imported by tests/{publish,gallery,notebooks}/conftest.py) -----------------------------------
+# -- pytest fixtures (imported by tests/conftest.py) -----------------------------------
 import pytest  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """Helpers shared by the training tests: small x2i datasets written on the spot (shards + manifest.json exactly as
-`x2i build` lays them out) and mix files. (A uniquely named module: every test folder has its own conftest.py.)"""
+`x2i build` lays them out) and mix files. (A uniquely named module in tests/, imported by name.)"""
 from __future__ import annotations
 
 import base64
