@@ -124,7 +124,9 @@ class Deduper:
 
 
 def sample_hashes(sample: Sample, want_phash: bool) -> None:
-    """Fill meta.sha256 (output bytes), meta.inputs_sha256 (all input bytes) and the phash column."""
+    """Fill meta.sha256 (output bytes), meta.inputs_sha256 (all input bytes) and the phash column. The pHash is
+    of the pixels the output image holds (the fitted ones, already at most max_side: no second decode, and the
+    32x32 reduction starts from the small image); bytes are decoded again only if a step released them."""
     sample.meta["sha256"] = hashlib.sha256(sample.output_image.data).hexdigest()
     if sample.input_images:
         h = hashlib.sha256()
