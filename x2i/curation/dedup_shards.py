@@ -33,6 +33,7 @@ HASH_COLUMNS = ["id", "task", "instruction", "source", "source_key", "phash", "m
 SHA = ("sha0", "sha1", "sha2", "sha3")  # sha256 as four 64-bit words: exact matches compare all 256 bits
 ARRAYS = ("gkey", "nkey", *SHA, "has_sha", "ph", "has_ph")
 CHUNK = 1 << 18  # query rows per probe round: bounds a near task's temporary arrays
+TABLE_BITS = 26  # bands up to this wide find buckets in a table of starts (512 MiB at most), wider ones by search
 
 
 def key64(value: Any) -> int:
@@ -109,25 +110,31 @@ def near_edges(tmp: str, shards: int, band: int, k: int, bands: list[tuple[int, 
     a = load(tmp, ("nkey", "ph", "has_ph"), shards)
     rows = np.nonzero(a["has_ph"])[0]
     ph = a["ph"][rows]
-    _, gid = np.unique(a["nkey"][rows], return_inverse=True)
+    gid = a["nkey"][rows]
     del a
     width = int(mask).bit_length()
-    # Sort key: the band key XOR the group spread above it. XOR keeps a flip of the band bits a flip of the key;
-    # where the group does not fit above a wide band (k = 0: one 64-bit band) groups may share keys, so a
-    # candidate's group is compared below as well as its distance.
     band_key = (ph >> np.uint64(shift)) & np.uint64(mask)
-    spread = gid.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    combined = band_key ^ (spread << np.uint64(width)) if width < 64 else band_key
-    order = np.argsort(combined, kind="stable")
-    ordered = combined[order]
+    # Rows sorted by band key alone (groups are compared on each candidate, with the distance): a flip's
+    # bucket is then found by one look-up in a table of bucket starts (2^width entries) where the band is
+    # narrow enough, else by binary search (k = 0: one 64-bit band).
+    order = np.argsort(band_key, kind="stable")
+    ordered = band_key[order]
+    table = None
+    if width <= TABLE_BITS:
+        counts = np.bincount(band_key.astype(np.int64), minlength=1 << width)
+        table = np.zeros((1 << width) + 1, dtype=np.int64)
+        np.cumsum(counts, out=table[1:])
     found = []
     for start in range(0, len(rows), CHUNK):
         q_idx = np.arange(start, min(start + CHUNK, len(rows)))
-        q_key = combined[q_idx]
+        q_key = band_key[q_idx]
         for flip in flips:
             target = q_key ^ np.uint64(flip)
-            lo = np.searchsorted(ordered, target, "left")
-            hi = np.searchsorted(ordered, target, "right")
+            if table is not None:
+                t = target.astype(np.int64)
+                lo, hi = table[t], table[t + 1]
+            else:
+                lo, hi = np.searchsorted(ordered, target, "left"), np.searchsorted(ordered, target, "right")
             count = hi - lo
             total = int(count.sum())
             if not total:
