@@ -187,7 +187,8 @@ def main() -> None:
             secs, d = mih([int(v) for v in hash_array(a.check)], a.k)
             small = sharded(a.check, a.k, a.workers, sha=False)
             res["check"] = {"n": a.check, "single_pass_s": round(secs, 1), "single_pass_near_dups": d,
-                            "sharded_s": small["seconds"], "sharded_near_dups": small["dropped"].get("duplicate_phash", 0),
+                            "sharded_s": small["seconds"],
+                            "sharded_near_dups": small["dropped"].get("duplicate_phash", 0),
                             "single_over_sharded": round(secs / small["seconds"], 2)}
             assert d == res["check"]["sharded_near_dups"], res["check"]
         res["load_after"] = os.getloadavg()

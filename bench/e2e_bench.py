@@ -16,8 +16,8 @@ fitted to 512 px on the longer side, JPEG quality 95, Parquet out.
 img2dataset is not an x2i dependency: install it into its own virtual environment (it pins opencv < 5).
 `--baseline-src DIR`: also run the x2i command from another version of the code installed into DIR
 (`pip install --no-deps --target DIR <checkout>`; run as PYTHONPATH=DIR from DIR, so the editable install is not
-picked up), on a copy of the URL list carrying constant score columns (a checkout without "filters that are off need no column" cannot
-read a plain list) - a before/after in the same run.
+picked up), on a copy of the URL list carrying constant score columns (a checkout without "filters that are
+off need no column" cannot read a plain list) - a before/after in the same run.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ def images() -> list[Image.Image]:
     with cbook.get_sample_data("grace_hopper.jpg") as f:
         out.append(Image.open(io.BytesIO(f.read())).convert("RGB"))
     rng = np.random.default_rng(0)
-    out += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((31, 47), (32, 32), (640, 97))]
+    sizes = ((31, 47), (32, 32), (640, 97))
+    out += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
     out.append(Image.new("RGB", (50, 40), (10, 200, 30)))  # flat: every coefficient ties with the median
     return out
 
