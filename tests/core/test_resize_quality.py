@@ -1,7 +1,7 @@
 """OpenCV INTER_AREA in the size policy against PIL's LANCZOS (what `fit_pil` used before) on real photos.
 
 Measured (PSNR of fit_pil's output against PIL LANCZOS of the same region to the same size, then the same crop):
-37-44 dB for scales 0.25-0.9 on the five photos; at 0.1 (a thumbnail, where the two filters' sharpness differs
+36.8-44 dB for scales 0.25-0.9 on the five photos; at 0.1 (a thumbnail, where the two filters' sharpness differs
 most) 33-41 dB, so the bound is asserted for the scales a build meets (docs/benchmarks.md has the table).
 """
 from __future__ import annotations

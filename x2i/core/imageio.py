@@ -8,8 +8,8 @@ Size policy for output images (the same as OmniGen's `crop_arr`): downscale so t
 `max_side`, then centre-crop each side down to a multiple of `multiple` (16 = VAE factor 8 x patch size 2).
 `FitTransform` records the scale and crop so boxes can follow the pixels.
 
-Resampling is OpenCV's INTER_AREA (pixel-area averaging) for downscaling: 2-3x faster than PIL's LANCZOS and,
-on photos, within 37-44 dB PSNR of it for scales 0.25-0.9 (docs/benchmarks.md; tests/core/test_resize_quality.py).
+Resampling is OpenCV's INTER_AREA (pixel-area averaging) for downscaling: 3-12x faster than PIL's LANCZOS and,
+on photos, within 36.8-44 dB PSNR of it for scales 0.25-0.9 (docs/benchmarks.md; tests/core/test_resize_quality.py).
 """
 from __future__ import annotations
 
