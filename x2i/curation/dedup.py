@@ -12,7 +12,9 @@ Two passes, one rule ("the first occurrence in (partition, row) order is kept"):
    and, with `within_partition`, drops repeats inside its partition at once (so later, costlier steps such as
    CLIP scoring skip them);
 2. after every partition is complete, `after_build` (a post-build hook run by x2i.engine.build on the driver, the same
-   for the local and Ray executors) reads only the hash columns of all shards in (partition, row) order, writes
+   for the local and Ray executors) reads only the hash columns of all shards in (partition, row) order, sharded
+   across a process pool by sha256 prefix and pHash band (x2i.curation.dedup_shards; the driver holds only the
+   result), writes
    the rows to drop to `rejects/dedup.parquet` first (the plan), then rewrites only the affected shards
    atomically and records the outcome in `_progress/post-dedup.json`. A crash anywhere resumes: with a ledger
    and no outcome the plan is re-applied (rewrites are idempotent); with an outcome nothing is redone.
@@ -45,6 +47,7 @@ from x2i.engine.steps import Context, Step
 LEDGER = "rejects/dedup.parquet"
 OUTCOME = "_progress/post-dedup.json"
 HASH_BITS = 64
+POOL_MIN_ROWS = 20_000  # below this a process pool costs more to start (imports per worker) than it saves
 
 
 class NearIndex:
@@ -127,7 +130,9 @@ class Deduper:
 
 
 def sample_hashes(sample: Sample, want_phash: bool) -> None:
-    """Fill meta.sha256 (output bytes), meta.inputs_sha256 (all input bytes) and the phash column."""
+    """Fill meta.sha256 (output bytes), meta.inputs_sha256 (all input bytes) and the phash column. The pHash is
+    of the pixels the output image holds (the fitted ones, already at most max_side: no second decode, and the
+    32x32 reduction starts from the small image); bytes are decoded again only if a step released them."""
     sample.meta["sha256"] = hashlib.sha256(sample.output_image.data).hexdigest()
     if sample.input_images:
         h = hashlib.sha256()
@@ -154,6 +159,7 @@ class DedupParams:
     max_distance: int = 4  # pHash Hamming distance (of 64 bits) at or below which two images are near duplicates
     within_partition: bool = True  # drop repeats inside a partition during the build
     across_build: bool = True  # then drop repeats across partitions once all are done
+    workers: int = 0  # processes of the post-build pass (0: one per CPU from POOL_MIN_ROWS rows, else in-process)
 
 
 @register_step("dedup")
@@ -167,6 +173,8 @@ class DedupStep(Step):
             raise X2IError(f"dedup: by must list sha256 and/or phash, got {params.by}")
         if not 0 <= params.max_distance <= 32:
             raise X2IError(f"dedup: max_distance must be in 0..32, got {params.max_distance}")
+        if params.workers < 0:
+            raise X2IError(f"dedup: workers must be >= 0, got {params.workers}")
         self.p = params
 
     def run(self, samples, ctx: Context):
@@ -211,6 +219,21 @@ class DedupStep(Step):
         return updated, summary
 
     def _plan(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
+        """The rows to drop, sharded across processes (x2i.curation.dedup_shards); the same list, in the same
+        order, as `_plan_single` (tests/curation/test_dedup_shards.py)."""
+        import os
+
+        from x2i.curation import dedup_shards
+
+        ordered = sorted(records, key=lambda r: r.index)
+        shards = [(shard.path, rec.index) for rec in ordered for shard in rec.shards]
+        rows = sum(shard.rows for rec in ordered for shard in rec.shards)
+        workers = self.p.workers or ((os.cpu_count() or 1) if rows >= POOL_MIN_ROWS else 1)
+        bands = NearIndex(self.p.max_distance, scale=max(rows, 1)).bands
+        return dedup_shards.plan(out, shards, self.p.by, self.p.max_distance, workers, bands)
+
+    def _plan_single(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
+        """The reference: one keep-first pass on the driver over every hash (kept to check `_plan` against)."""
         seen = Deduper(self.p.by, self.p.max_distance)
         drops, checked = [], 0
         for rec in sorted(records, key=lambda r: r.index):

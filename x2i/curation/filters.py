@@ -62,8 +62,8 @@ def get_field(meta: dict[str, Any], dotted: str) -> tuple[bool, Any]:
 @dataclass
 class MetaThresholdParams:
     field: str  # dotted path into meta, e.g. pwatermark, punsafe, clip_sim_dir (or a score column: aesthetic)
-    min: float | None = None  # keep values > min
-    max: float | None = None  # keep values < max
+    min: float | None = None  # keep values > min (null: no lower bound)
+    max: float | None = None  # keep values < max (null: no upper bound; both null: the filter is off)
     missing: str = "reject"  # reject | keep: what to do when the field is absent or null
     name: str | None = None  # reason prefix (default: the field's last part)
 
@@ -76,14 +76,14 @@ class MetaThresholdStep(FilterStep):
     Params = MetaThresholdParams
 
     def __init__(self, params: MetaThresholdParams):
-        if params.min is None and params.max is None:
-            raise X2IError("meta_threshold: give min and/or max")
         if params.missing not in ("reject", "keep"):
             raise X2IError(f"meta_threshold: missing must be reject or keep, got {params.missing!r}")
         self.p = params
         self.label = params.name or params.field.split(".")[-1]
 
     def reason(self, sample: Sample, ctx: Context):
+        if self.p.min is None and self.p.max is None:  # both bounds null: the filter is off and reads nothing
+            return None
         if self.p.field in ("aesthetic", "clip_score") and self.p.field not in sample.meta:
             found, value = True, getattr(sample, self.p.field)
         else:

@@ -17,9 +17,11 @@ and other folders x2i writes beside the data are never checked as data shards.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,24 +135,56 @@ def _check_schema(path: Path, rel: str, report: Report) -> bool:
     return True
 
 
-def _image_problem(struct: Any, what: str, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
-    if not isinstance(struct, dict) or not struct.get("bytes"):
-        return f"{what} is missing", None
-    data = struct["bytes"]
+class DecodeCache:
+    """What checking an image found (problem, size), by the sha256 of its bytes: an image shared by many rows
+    (an entity crop in several subject samples, one photo behind many edits) is decoded once. Bounded: at most
+    `max_entries` small results (no pixels are kept), least recently used dropped first; validate starts a
+    fresh one per shard, since row groups are written in order and sharing is local to a shard."""
+
+    def __init__(self, max_entries: int = 65536):
+        self.max_entries = max_entries
+        self.results: OrderedDict[bytes, tuple[str | None, tuple[int, int] | None]] = OrderedDict()
+        self.decodes = 0
+
+    def check(self, data: bytes, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
+        """(problem with `{what}` left to fill, size): the cached verdict of these exact bytes."""
+        key = hashlib.sha256(data).digest()
+        found = self.results.get(key)
+        if found is not None:
+            self.results.move_to_end(key)
+            return found
+        self.decodes += 1
+        found = _inspect(data, decode_images)
+        self.results[key] = found
+        if len(self.results) > self.max_entries:
+            self.results.popitem(last=False)
+        return found
+
+
+def _inspect(data: bytes, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
     if not decode_images:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 return None, im.size
-        except Exception as exc:
-            return f"{what} has an unreadable header: {exc}", None
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage headers; each is a row problem
+            return f"{{what}} has an unreadable header: {exc}", None
     try:
         return None, decode(data, DEFAULT_MAX_PIXELS).size
     except ImageError as exc:
-        return f"{what} does not decode ({exc.reason}: {exc})", None
+        return f"{{what}} does not decode ({exc.reason}: {exc})", None
+
+
+def _image_problem(struct: Any, what: str, decode_images: bool,
+                   cache: DecodeCache | None = None) -> tuple[str | None, tuple[int, int] | None]:
+    if not isinstance(struct, dict) or not struct.get("bytes"):
+        return f"{what} is missing", None
+    data = struct["bytes"]
+    msg, size = (cache or DecodeCache()).check(data, decode_images)
+    return (None if msg is None else msg.replace("{what}", what, 1)), size
 
 
 def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], report: Report,
-               multiple: int, decode_images: bool) -> None:
+               multiple: int, decode_images: bool, cache: DecodeCache | None = None) -> None:
     rid = row.get("id") or None
     add = lambda msg: report.problems.append(Problem(rel, index, rid, msg))  # noqa: E731
     if not rid:
@@ -164,7 +198,7 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
     inputs = row.get("input_images") or []
     for msg in problems(row.get("instruction") or "", len(inputs)):
         add(f"instruction: {msg}")
-    msg, size = _image_problem(row.get("output_image"), "output_image", decode_images)
+    msg, size = _image_problem(row.get("output_image"), "output_image", decode_images, cache)
     report.images += 1
     if msg:
         add(msg)
@@ -175,7 +209,7 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
             add(f"output size {size[0]}x{size[1]} is not a multiple of {multiple}")
     for k, struct in enumerate(inputs, 1):
         report.images += 1
-        msg, _ = _image_problem(struct, f"input image {k}", decode_images)
+        msg, _ = _image_problem(struct, f"input image {k}", decode_images, cache)
         if msg:
             add(msg)
     try:
@@ -277,9 +311,10 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
             continue
         pf = pq.ParquetFile(f)
         index = 0
+        cache = DecodeCache()
         for batch in pf.iter_batches(batch_size=64):
             for row in batch.to_pylist():
-                _check_row(row, rel, index, seen, report, multiple, decode_images)
+                _check_row(row, rel, index, seen, report, multiple, decode_images, cache)
                 index += 1
                 report.rows += 1
             if bar is not None:

@@ -19,7 +19,8 @@ Layouts (`source.path` / `source.images` / `source.options`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,7 +37,7 @@ from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
 from x2i.sources.parquet_parts import iter_span
-from x2i.engine.steps import Context
+from x2i.engine.steps import Context, Step
 
 SCORE_COLUMNS = ("similarity", "punsafe", "pwatermark")
 # The published metadata columns (v1 and v2 spellings) and img2dataset's columns of a downloaded copy.
@@ -71,15 +72,54 @@ def version_of(columns: list[str]) -> int | None:
     return next((v for c, v in AESTHETIC_COLUMNS.items() if c in columns), None)
 
 
-def check_columns(where: Any, columns: list[str], url: str, text: str) -> int:
-    """The LAION version of a file; SourceError naming the first missing column."""
-    for col in (url, text, "punsafe", "pwatermark"):
+def check_columns(where: Any, columns: list[str], url: str, text: str) -> int | None:
+    """The LAION version of a file (None: no aesthetic column); SourceError naming a missing URL/TEXT column.
+    The score columns are not required here: a filter that is on needs its column, one that is off (null)
+    does not, and only the builder knows which are on (`require_columns`)."""
+    for col in (url, text):
         if col not in columns:
             raise SourceError(where, f"missing column '{col}' ({COLUMNS_HELP})")
-    version = version_of(columns)
-    if version is None:
-        raise SourceError(where, f"missing column 'aesthetic' (v1) or 'AESTHETIC_SCORE' (v2) ({COLUMNS_HELP})")
-    return version
+    return version_of(columns)
+
+
+def metadata_names(columns: list[str]) -> tuple[str, str]:
+    """The URL and caption columns of a LAION-like metadata file: LAION's URL/TEXT, else img2dataset's
+    url/caption (a plain URL list)."""
+    url = "URL" if "URL" in columns or "url" not in columns else "url"
+    text = "TEXT" if "TEXT" in columns or "caption" not in columns else "caption"
+    return url, text
+
+
+def require_columns(config: Any, needs: dict[str, str]) -> None:
+    """Stop (SourceError) when a file of the source lacks a score column a filter that is on reads.
+    `needs`: column -> the parameter that turns its filter off ("aesthetic" means aesthetic or AESTHETIC_SCORE).
+    Files whose columns are not recorded anywhere (tars without a parquet sidecar) are checked row by row."""
+    if not needs or (config.path is None and config.images is None):  # the embedded sample has every column
+        return
+    for where, columns in _source_columns(config.format, config.path, config.images,
+                                          bool((config.options or {}).get("download"))):
+        for column, param in needs.items():
+            present = version_of(list(columns)) is not None if column == "aesthetic" else column in columns
+            if not present:
+                name = "aesthetic' (v1) or 'AESTHETIC_SCORE' (v2" if column == "aesthetic" else column
+                raise SourceError(where, f"missing column '{name}', which the filter {param} reads: add the column, "
+                                  f"or turn the filter off with --set {param}=null ({COLUMNS_HELP})")
+
+
+@lru_cache(maxsize=8)
+def _source_columns(fmt: str, path: str | None, images: str | None, download: bool) -> tuple[tuple[str, tuple], ...]:
+    """(file, its column names) of every file that carries the LAION columns, read once per process."""
+    from x2i.engine.recipe import SourceConfig
+
+    source = LaionSource(SourceConfig(fmt, path, images, {"download": download} if download else {}))
+    if source.metadata_files:
+        return tuple((f, tuple(_schema_names(Path(f)))) for f in source.metadata_files)
+    found = []
+    for shard in i2d.find_shards(source.root):
+        schema = i2d.metadata_schema(shard)
+        if schema is not None and schema.names:
+            found.append((str(shard.sidecar or shard.path), tuple(schema.names)))
+    return tuple(found)
 
 
 def _number(value: Any) -> float | None:
@@ -187,7 +227,8 @@ class LaionSource(Source):
     def _metadata(path: Path) -> tuple[str, ...]:
         files = _files(path)
         for f in files:
-            check_columns(f, check_file(f, LAION_TYPES).names, "URL", "TEXT")
+            names = check_file(f, LAION_TYPES).names
+            check_columns(f, names, *metadata_names(names))
         return tuple(str(f) for f in files)
 
     # -- planning --------------------------------------------------------------------------------------------
@@ -281,26 +322,9 @@ class LaionSource(Source):
         yield from iter_span(pq.ParquetFile(part.path), part.start, stop, batch_size=1024)
 
     def _read_download(self, part: RowRange, ctx: Context, limit: int | None) -> Iterator[Sample]:
-        from x2i.download.fetch import Downloader
-
-        downloader = Downloader(self.download_config)
+        """Rows as samples without an image yet: the builder filters them on their metadata first (a row its
+        thresholds rule out is never fetched), then `FetchStep` downloads the rest."""
         stem = Path(part.path).name
-        pending: list[tuple[str, dict[str, Any]]] = []
-
-        def flush() -> Iterator[Sample]:
-            results = downloader.fetch_many([m["url"] for _, m in pending])
-            for (key, meta), res in zip(pending, results):
-                info = {"url": res.url, "status": res.status, "http_status": res.http_status, "error": res.error,
-                        "attempts": res.attempts}
-                if not res.ok:
-                    self._reject(ctx, f"download_{res.status}", res.error or "", key, info)
-                    continue
-                meta["download"] = {k: info[k] for k in ("http_status", "attempts")}
-                sample = self._sample(res.data, key, meta, ctx)
-                if sample is not None:
-                    yield sample
-            pending.clear()
-
         for pos, row in self._rows(part, limit):
             key = f"{stem}#{pos}"
             meta = laion_meta(row)
@@ -311,7 +335,43 @@ class LaionSource(Source):
                 # no point fetching an image nobody can caption
                 self._reject(ctx, "caption_missing", f"TEXT is {meta['caption']!r}", key, {"url": meta["url"]})
                 continue
-            pending.append((key, meta))
-            if len(pending) >= 256:
-                yield from flush()
-        yield from flush()
+            yield Sample(task=SOURCE_TASK, instruction=meta["caption"], output_image=None, source="laion",
+                         source_key=key, meta=meta)
+
+
+class FetchStep(Step):
+    """Download mode: fetch the image of each sample that reached this step (the rows the metadata filters
+    kept), in input order, with `concurrency` requests in flight across the whole stream (no batch boundary
+    where the pipe drains). A failed URL is a reject `download_<status>` whose ledger row keeps the URL."""
+
+    name = "read_laion"  # the ledger's step name for download failures, as when the source fetched them
+
+    def __init__(self, downloader: dict[str, Any]):
+        from x2i.download.fetch import DownloadConfig
+
+        self.config = from_dict(DownloadConfig, downloader, "source.options.downloader")
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        from x2i.download.fetch import Downloader
+
+        waiting: deque[Sample] = deque()
+
+        def urls() -> Iterator[str]:  # pulled by fetch_many in this thread, as its window has room
+            for sample in samples:
+                waiting.append(sample)
+                yield sample.meta["url"]
+
+        for res in Downloader(self.config).fetch_many(urls()):
+            sample = waiting.popleft()
+            info = {"url": res.url, "status": res.status, "http_status": res.http_status, "error": res.error,
+                    "attempts": res.attempts}
+            if not res.ok:
+                ctx.reject(sample, f"download_{res.status}", self.name, res.error or "", meta=info)
+                continue
+            sample.meta["download"] = {k: info[k] for k in ("http_status", "attempts")}
+            try:
+                sample.output_image = load(res.data or b"", path=f"{sample.source_key.replace('/', '_')}.jpg")
+            except ImageError as exc:
+                ctx.reject(sample, exc.reason, self.name, str(exc), meta={"url": res.url})
+                continue
+            yield sample
