@@ -10,7 +10,7 @@ import typer
 from x2i.cli.common import fail, user_errors
 
 
-def _summary(manifest: dict, out: Path) -> str:
+def _summary(manifest: dict, out: Path | str) -> str:
     lines = [f"note: {note}" for note in manifest.get("notes", [])]
     lines.append(f"wrote {manifest['rows']} rows to {out}")
     for task, info in manifest["tasks"].items():
@@ -19,7 +19,7 @@ def _summary(manifest: dict, out: Path) -> str:
         top = sorted(manifest["rejects"].items(), key=lambda kv: -kv[1])
         lines.append(f"  rejected {manifest['rejects_total']}: " + ", ".join(f"{k} {v}" for k, v in top[:8])
                      + (" ..." if len(top) > 8 else ""))
-    lines.append(f"  manifest: {out / 'manifest.json'}")
+    lines.append(f"  manifest: {out}/manifest.json" if isinstance(out, str) else f"  manifest: {out / 'manifest.json'}")
     return "\n".join(lines)
 
 
@@ -30,7 +30,7 @@ def build_command(
     source: Optional[str] = typer.Option(None, "--source", "-s", help="Source path (metadata file/folder). Default: the embedded sample."),
     images: Optional[str] = typer.Option(None, "--images", help="img2dataset output folder, when separate from --source."),
     source_format: Optional[str] = typer.Option(None, "--format", help="Source format (default: the recipe's)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: out/<recipe name>)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder or s3://, gs://, hf:// URI (default: out/<recipe name>)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="Read at most N source records (the first N, in partition order)."),
     workers: int = typer.Option(1, "--workers", "-w", min=1, help="Parallel partitions (processes or Ray CPUs)."),
     executor: str = typer.Option("local", "--executor", "-e", help="local or ray."),
@@ -53,7 +53,11 @@ def build_command(
     resolved, where = resolve_recipe(recipe if recipe is not None else task, sets=overrides, options={
         "source.path": source, "source.images": images, "source.format": source_format, "seed": seed,
         "params.annotators": annotator_list})
-    out_dir = out if out is not None else Path("out") / resolved.name
+    from x2i.core.storage import check_target, is_uri
+
+    if out is not None:
+        check_target(out)  # before any work: `s3:/bucket` is a mangled URI, never a local folder named `s3:`
+    out_dir = (out if is_uri(out) else Path(out)) if out is not None else Path("out") / resolved.name
     with errors_in(where):  # a builder or source checking its part of the recipe names the recipe file
         manifest = build(resolved, out_dir, executor=executor, workers=workers, ray_address=ray_address,
                          limit=limit, overwrite=overwrite, progress=not quiet, max_error_rate=max_error_rate,

@@ -13,6 +13,13 @@ A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at
 flight; a re-run with a different plan is refused rather than mixing two builds in one folder. A re-run of
 a complete build reads and writes nothing but reads (it works on read-only storage). One build at a time
 holds `.x2i-lock` in the folder (x2i/engine/lock.py); a second fails at once naming the holder.
+
+`out_dir` may be an object-store URI (s3://, gs://, hf://; x2i/core/storage.py). There is no rename there:
+each shard is uploaded once under its final name and the completion record last, so a partition is done iff
+its record exists and every shard it lists is there with its size and sha256; objects no record lists are a
+killed attempt's and are removed before the manifest (x2i/engine/object_out.py). The lock is an object with
+holder and expiry (x2i/engine/object_lock.py). Below, `out` is a Path for a local folder (the
+code paths of local builds are unchanged) and a Storage for an object store.
 """
 from __future__ import annotations
 
@@ -29,7 +36,10 @@ from x2i import __version__
 from x2i.builders import make_builder, make_steps
 from x2i.core.errors import BuildStopped, X2IError, describe_stop, require_modules
 from x2i.engine.executor import make_executor
-from x2i.engine.lock import LOCK_NAMES, BuildLock, DriverGuard, live_holder, locked_error
+from x2i.core.storage import Storage
+from x2i.engine.lock import LOCK_NAMES, BuildLock, BuildLocked, DriverGuard, live_holder, locked_error
+from x2i.engine import object_out
+from x2i.engine.object_lock import ObjectLock
 from x2i.core.prompt import problems
 from x2i.engine.recipe import Recipe
 from x2i.core.sample import SOURCE_TASK, Sample
@@ -80,6 +90,16 @@ def _record_path(out: Path, index: int) -> Path:
     return out / PROGRESS / f"part-{index:05d}.json"
 
 
+def _store(out: Path | Storage) -> Storage:
+    return out if isinstance(out, Storage) else Storage.for_uri(out)
+
+
+def _as_out(out_dir: str | Path) -> Path | Storage:
+    """A Path for a local folder (checked: no mangled URI such as `s3:/bucket`), a Storage for an object store."""
+    store = Storage.for_uri(out_dir)
+    return store.local_path() if store.is_local else store
+
+
 def _clear_partition(out: Path, index: int) -> None:
     """Remove what an interrupted attempt at this partition may have left (temp or committed files). Only
     called under the build lock, so no other run's files can be here."""
@@ -92,11 +112,13 @@ def _clear_partition(out: Path, index: int) -> None:
 def run_partition(job: PartitionJob) -> dict[str, Any]:
     """Read, transform and write one partition; return (and persist) its completion record."""
     recipe = Recipe.from_dict(job.recipe)
-    out = Path(job.out_dir)
+    out = _as_out(job.out_dir)
+    store = _store(out)
     source = make_source(recipe.source)
     steps = make_builder(recipe).steps() + make_steps(recipe.steps) + [FinalizeStep()]
     ctx = Context(seed=recipe.seed, partition=job.index, strict=job.strict, max_error_rate=job.max_error_rate)
-    _clear_partition(out, job.index)
+    if store.is_local:  # an object store's leftovers were cleared by the driver (object_out.clear_partitions)
+        _clear_partition(out, job.index)
     writer = PartitionWriter(out, job.index, recipe.output.rows_per_row_group, recipe.output.max_shard_bytes)
     started = time.time()
 
@@ -114,12 +136,12 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
             job.guard.check()  # the driver died (or lost the lock): commit nothing, a re-run redoes it
         shards = writer.commit()
     except BaseException:
-        writer.abort()
+        writer.abort(remove_objects=store.is_local or object_out.may_remove(job.guard))
         raise
     rejects_file = None
     if recipe.output.write_rejects and ctx.rejects:
         rejects_file = f"rejects/part-{job.index:05d}.parquet"
-        write_rejects(out / rejects_file, ctx.rejects)
+        write_rejects((store, rejects_file), ctx.rejects)
     record = {
         "index": job.index, "label": job.label, "quota": job.quota,
         "source_samples": ctx.counts["source_samples"],
@@ -130,7 +152,9 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
         "shards": [asdict(s) for s in shards],
         "seconds": round(time.time() - started, 3),
     }
-    atomic_write_bytes(_record_path(out, job.index), json.dumps(record, indent=1).encode())
+    if job.guard is not None and not store.is_local:
+        job.guard.check()  # the shards are uploaded under final names: only the record commits, and only for a live driver
+    store.write_bytes(object_out.record_rel(job.index), json.dumps(record, indent=1).encode())
     return record
 
 
@@ -146,8 +170,10 @@ def _quotas(source, partitions: list[Any], limit: int | None) -> list[int | None
     return quotas
 
 
-def _is_foreign(out: Path) -> bool:
+def _is_foreign(out: Path | Storage) -> bool:
     """A non-empty folder that is not an x2i build (our lock files do not count): never written into."""
+    if isinstance(out, Storage):
+        return object_out.is_foreign(out)
     if (out / PROGRESS / "plan.json").exists() or (out / "manifest.json").exists() or not out.is_dir():
         return False
     return any(p.name not in LOCK_NAMES for p in out.iterdir())
@@ -169,9 +195,11 @@ def _remove_dead_temps(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
+def _prepare_out(out: Path | Storage, plan: dict[str, Any], overwrite: bool) -> None:
     """Under the lock: refuse a folder that is not ours or holds another plan, clear it for --overwrite, and
     write plan.json only when it is not already there (a resumed build rewrites nothing)."""
+    if isinstance(out, Storage):
+        return object_out.prepare(out, plan, overwrite)
     plan_path = out / PROGRESS / "plan.json"
     if _is_foreign(out):
         raise _foreign_error(out)
@@ -196,9 +224,11 @@ def _prepare_out(out: Path, plan: dict[str, Any], overwrite: bool) -> None:
     atomic_write_bytes(plan_path, json.dumps(plan, indent=1, sort_keys=True).encode())
 
 
-def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+def _finished(out: Path | Storage, plan: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest of a complete build of this very plan, found by reading only (so a re-run of a finished
     build is a no-op, also on read-only storage); None when there is anything to do."""
+    if isinstance(out, Storage):
+        return object_out.finished(out, plan)
     try:
         if not (out / "manifest.json").is_file() or not (out / PROGRESS / "plan.json").is_file():
             return None
@@ -214,7 +244,9 @@ def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
         raise StorageError.wrap(exc.filename or out, exc) from exc
 
 
-def _records(out: Path, count: int) -> list[dict[str, Any]]:
+def _records(out: Path | Storage, count: int) -> list[dict[str, Any]]:
+    if isinstance(out, Storage):
+        return [json.loads(out.read_bytes(object_out.record_rel(i))) for i in range(count)]
     return [json.loads(_record_path(out, i).read_text()) for i in range(count)]
 
 
@@ -241,7 +273,8 @@ def score_summary(out: Path, shards: list[dict[str, Any]]) -> dict[str, Any]:
 
     columns: dict[str, dict[str, list]] = {}
     for sh in shards:
-        table = pq.read_table(out / sh["path"], columns=["aesthetic", "clip_score", "phash"])
+        where = out.open_input(sh["path"]) if isinstance(out, Storage) else out / sh["path"]
+        table = pq.read_table(where, columns=["aesthetic", "clip_score", "phash"])
         cols = columns.setdefault(sh["task"], {"aesthetic": [], "clip_score": [], "phash": []})
         for name in cols:
             cols[name] += [v for v in table.column(name).to_pylist() if v is not None]
@@ -302,7 +335,7 @@ def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, An
         "partitions": [{k: r[k] for k in ("index", "label", "quota", "source_samples", "rows", "seconds")}
                        for r in records],
     }
-    atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    _store(out).write_bytes("manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
     return manifest
 
 
@@ -343,8 +376,10 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
     written). An OSError anywhere (disk full, read-only storage) is raised as one StorageError."""
     if not 0.0 <= max_error_rate < 1.0:
         raise X2IError(f"--max-error-rate must be in [0, 1), got {max_error_rate}")
-    out = Path(out_dir)
+    out = _as_out(out_dir)
     builder, source, _ = preflight(recipe)
+    if isinstance(out, Storage):
+        object_out.check_supported(out, [s.name for s in make_steps(recipe.steps) if hasattr(s, "after_build")])
     partitions = source.partitions()
     labels = [source.label(p) for p in partitions]
     plan = {"recipe": recipe.to_dict(), "partitions": labels, "limit": limit,
@@ -369,20 +404,28 @@ class _RunPolicy:
     allow_empty: bool
 
 
-def _build_locked(recipe: Recipe, out: Path, plan: dict[str, Any], partitions: list[Any], builder, source,
+def _build_locked(recipe: Recipe, out: Path | Storage, plan: dict[str, Any], partitions: list[Any], builder, source,
                   overwrite: bool, progress: bool, on_partition, run: _RunPolicy) -> dict[str, Any]:
     labels = plan["partitions"]
     with storage_errors(out):
         if _is_foreign(out):  # checked before the lock too, so a stranger's folder never gets a lock file
             raise _foreign_error(out)
     try:
-        with BuildLock(out) as lock:
+        with (ObjectLock(out) if isinstance(out, Storage) else BuildLock(out)) as lock:
             _prepare_out(out, plan, overwrite)
+            if isinstance(out, Storage):
+                done = object_out.done_partitions(out, len(partitions))
+                object_out.clear_partitions(out, [i for i in range(len(partitions)) if i not in done])
+            else:
+                done = {i for i in range(len(partitions)) if _record_path(out, i).exists()}
             jobs = [PartitionJob(recipe.to_dict(), i, p, labels[i], plan["quotas"][i], str(out), run.strict,
                                  run.max_error_rate, lock.guard)
-                    for i, p in enumerate(partitions) if not _record_path(out, i).exists()]
+                    for i, p in enumerate(partitions) if i not in done]
             _run_jobs(jobs, len(partitions), recipe.name, run, progress, on_partition, lock.guard)
             records, post_build = run_post_build(recipe, out, _records(out, len(partitions)))
+            if isinstance(out, Storage):
+                object_out.sweep_orphans(out, records)
+                lock.check_held()
             return assemble_manifest(out, plan, source.describe(), builder.notes(), records, post_build,
                                      policy={"max_error_rate": run.max_error_rate, "allow_empty": run.allow_empty})
     except StorageError:
