@@ -77,7 +77,7 @@ def recipes_command() -> None:
 
 @user_errors
 def validate_command(
-    path: Path = typer.Argument(..., help="Dataset folder (with manifest.json) or a Parquet file."),
+    path: str = typer.Argument(..., help="Dataset folder (with manifest.json) or a Parquet file; local or s3://, gs://, hf://."),
     multiple: int = typer.Option(16, help="Required divisor of output width/height (1 disables the check)."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Read image headers only (faster, weaker)."),
     partial: bool = typer.Option(False, "--partial", help="Check the shards present in an unfinished build "
@@ -89,10 +89,15 @@ def validate_command(
 
     Exit 0: valid. Exit 1: problems found, or an unfinished build (no manifest.json; re-run the build to finish
     it, or use --partial)."""
+    from x2i.inspect.remote import display, readable
     from x2i.inspect.validate import validate
 
-    report = validate(path, multiple=multiple, decode_images=not no_decode, progress=not as_json,
-                      partial=partial)
+    with readable(path) as local:
+        report = validate(local, multiple=multiple, decode_images=not no_decode, progress=not as_json,
+                          partial=partial)
+        report.incomplete = display(report.incomplete, local, path)
+        for problem in report.problems:
+            problem.file = display(problem.file, local, path)
     if as_json:
         typer.echo(json.dumps({"ok": report.ok, "files": report.files, "rows": report.rows,
                                "images": report.images, "incomplete": report.incomplete, "note": report.note,
@@ -109,41 +114,50 @@ def validate_command(
 
 @user_errors
 def stats_command(
-    path: Path = typer.Argument(..., help="Dataset folder or Parquet file."),
+    path: str = typer.Argument(..., help="Dataset folder or Parquet file; local or s3://, gs://, hf://."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as JSON."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the QA notebook's figures as PNGs into this folder."),
 ) -> None:
     """Rows per task, inputs per sample, output sizes, score summaries and rejects per reason."""
     from x2i.core.errors import X2IError
     from x2i.engine.shards import shard_files
+    from x2i.inspect.remote import readable
     from x2i.inspect.stats import compute, render
 
-    if not path.exists() or not shard_files(path):
-        raise X2IError(f"{path}: no parquet shards found")
-    stats = compute(path)
-    typer.echo(json.dumps(stats, indent=1) if as_json else render(stats))
-    if plot is not None:
-        from x2i.inspect.plots import save_all
+    with readable(path) as local:
+        if not local.exists() or not shard_files(local):
+            raise X2IError(f"{path}: no parquet shards found")
+        stats = compute(local)
+        typer.echo(json.dumps(stats, indent=1) if as_json else render(stats))
+        if plot is not None:
+            from x2i.inspect.plots import save_all
 
-        written = save_all(path, plot)
-        typer.echo(f"wrote {len(written)} figure(s) to {plot}", err=as_json)  # keep --json output parseable
+            written = save_all(local, plot)
+            typer.echo(f"wrote {len(written)} figure(s) to {plot}", err=as_json)  # keep --json output parseable
 
 
 @user_errors
 def export_command(
-    path: Path = typer.Argument(..., help="Dataset folder to export."),
+    path: str = typer.Argument(..., help="Dataset folder to export; local or s3://, gs://, hf://."),
     fmt: str = typer.Option("omnigen", "--format", "-f", help="Export format (omnigen)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (data.jsonl + images/)."),
+    out: str = typer.Option(..., "--out", "-o", help="Local output folder (data.jsonl + images/)."),
     task: list[str] = typer.Option([], "--task", "-t", help="Only these tasks (repeatable)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="At most N rows."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
 ) -> None:
     """Export to OmniGen's fine-tuning format (JSONL + image folder)."""
+    from x2i.core.errors import X2IError
+    from x2i.core.storage import check_target, is_uri
     from x2i.inspect.export import export_omnigen
+    from x2i.inspect.remote import readable
 
     if fmt != "omnigen":
         fail(f"unknown export format {fmt!r}; supported: omnigen")
-    result = export_omnigen(path, out, tasks=task or None, limit=limit, overwrite=overwrite)
+    check_target(out)
+    if is_uri(out):  # OmniGen's trainer reads a local JSONL and image folder
+        raise X2IError(f"{out}: x2i export writes a local folder; give a local --out")
+    with readable(path) as local:
+        result = export_omnigen(local, Path(out), tasks=task or None, limit=limit, overwrite=overwrite)
     typer.echo(f"exported {result['rows']} rows to {result['jsonl']} (images in {result['images']})")
     typer.echo(f"train OmniGen with: --json_file {result['jsonl']} --image_path {result['images']}")
 

@@ -17,12 +17,12 @@ def _size(n: int) -> str:
 
 @user_errors
 def publish_command(
-    path: Path = typer.Argument(..., help="Dataset folder built by x2i (data/ + manifest.json)."),
+    path: str = typer.Argument(..., help="Dataset folder built by x2i (data/ + manifest.json); local or s3://, gs://, hf://."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repo, ORG/NAME (created if missing)."),
     private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing; default: main)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build the repo folder and card locally, print what would be uploaded, upload nothing."),
-    stage_dir: Optional[Path] = typer.Option(None, "--stage", help=f"Where the repo folder is built (default: DIR/{STAGE_DEFAULT})."),
+    stage_dir: Optional[Path] = typer.Option(None, "--stage", help=f"Where the repo folder is built (default: DIR/{STAGE_DEFAULT}; for an object-store DIR, ./{STAGE_DEFAULT}/<last part of DIR>)."),
     license: str = typer.Option("other", "--license", help="The card's licence id (e.g. cc-by-4.0); per-row licences are listed in the card."),
     pretty_name: Optional[str] = typer.Option(None, "--pretty-name", help="Title of the dataset card."),
     shard_mb: int = typer.Option(500, "--shard-mb", min=1, help="Target size of the uploaded Parquet files; smaller built shards are merged."),
@@ -35,15 +35,21 @@ def publish_command(
     from x2i.publish.hub import PublishConfig, check_repo_id, hub_api, redact, resolve_token, stage, upload
     from x2i.inspect.validate import require_valid
 
+    from x2i.core.storage import is_uri
+    from x2i.inspect.remote import readable
+
     check_repo_id(repo_id)
-    if not path.is_dir() or not (path / "data").is_dir():
-        raise X2IError(f"{path}: not a dataset folder (expected {path / 'data'})")
     token = None if dry_run else resolve_token()  # before any work: no token, nothing done
-    manifest = require_valid(path, decode_images=not no_decode, log=lambda line: typer.echo(line, err=True))
-    cfg = PublishConfig(repo_id=repo_id, private=private, revision=revision, license=license,
-                        pretty_name=pretty_name, target_shard_bytes=shard_mb << 20,
-                        files_per_commit=files_per_commit, endpoint=endpoint)
-    staged = stage(path, stage_dir or path / STAGE_DEFAULT, cfg, manifest=manifest, log=typer.echo)
+    if stage_dir is None and is_uri(path):  # the stage is local: the Hub upload reads it from disk
+        stage_dir = Path(STAGE_DEFAULT) / path.rstrip("/").rsplit("/", 1)[-1]
+    with readable(path) as local:
+        if not local.is_dir() or not (local / "data").is_dir():
+            raise X2IError(f"{path}: not a dataset folder (expected {path.rstrip('/')}/data)")
+        manifest = require_valid(local, decode_images=not no_decode, log=lambda line: typer.echo(line, err=True))
+        cfg = PublishConfig(repo_id=repo_id, private=private, revision=revision, license=license,
+                            pretty_name=pretty_name, target_shard_bytes=shard_mb << 20,
+                            files_per_commit=files_per_commit, endpoint=endpoint)
+        staged = stage(local, stage_dir or local / STAGE_DEFAULT, cfg, manifest=manifest, log=typer.echo)
     per_commit = min(files_per_commit, 99)
     data = [f for f in staged.files if f.task is not None]
     typer.echo(_staged_report(staged))

@@ -94,6 +94,14 @@ def _store(out: Path | Storage) -> Storage:
     return out if isinstance(out, Storage) else Storage.for_uri(out)
 
 
+def _write(out: Path | Storage, rel: str, data: bytes) -> None:
+    """A small file: atomic (temp, fsync, rename) in a local folder, one upload on an object store."""
+    if isinstance(out, Storage):
+        out.write_bytes(rel, data)
+    else:
+        atomic_write_bytes(out / rel, data)
+
+
 def _as_out(out_dir: str | Path) -> Path | Storage:
     """A Path for a local folder (checked: no mangled URI such as `s3:/bucket`), a Storage for an object store."""
     store = Storage.for_uri(out_dir)
@@ -154,7 +162,7 @@ def run_partition(job: PartitionJob) -> dict[str, Any]:
     }
     if job.guard is not None and not store.is_local:
         job.guard.check()  # the shards are uploaded under final names: only the record commits, and only for a live driver
-    store.write_bytes(object_out.record_rel(job.index), json.dumps(record, indent=1).encode())
+    _write(out, object_out.record_rel(job.index), json.dumps(record, indent=1).encode())
     return record
 
 
@@ -335,7 +343,7 @@ def assemble_manifest(out: Path, plan: dict[str, Any], source_info: dict[str, An
         "partitions": [{k: r[k] for k in ("index", "label", "quota", "source_samples", "rows", "seconds")}
                        for r in records],
     }
-    _store(out).write_bytes("manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
+    _write(out, "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False).encode())
     return manifest
 
 
