@@ -329,7 +329,10 @@ def check_reachable(store: Storage) -> None:
         return
     import pyarrow.fs as pafs
 
-    bucket = store.base.split("/")[0]
+    parts = store.base.split("/")
+    # The bucket; on the Hub the repo (datasets/ORG/NAME, or ORG/NAME for a model repo).
+    bucket = "/".join(parts[:3] if parts[0] in ("datasets", "spaces") else parts[:2]) if store.scheme == "hf" \
+        else parts[0]
     try:
         info = store.fs.get_file_info(bucket)
     except OSError as exc:
