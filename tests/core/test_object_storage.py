@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,3 +221,60 @@ def test_paths_under_a_local_root_stay_local(tmp_path):
     store = Storage.for_uri(tmp_path / "x")
     assert store.is_local and not store.exists() and not (tmp_path / "x").exists()
     assert not Path("s3:").exists()
+
+
+def _parquet_shards(tars: Path, dest: Path) -> None:
+    """img2dataset's `--output_format parquet` layout made from the embedded webdataset shards: one parquet per
+    shard, its sidecar's columns plus the image in a `jpg` column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from x2i.sources import img2dataset as i2d
+
+    dest.mkdir()
+    for tar in sorted(tars.glob("*.tar")):
+        sidecar = tar.with_suffix(".parquet")
+        schema = pq.read_schema(sidecar).append(pa.field("jpg", pa.binary()))
+        rows = [{**{k: r.meta.get(k) for k in schema.names}, "jpg": r.image}
+                for r in i2d.iter_records(i2d.Shard(str(tar), "tar", str(sidecar))) if r.meta.get("key") is not None]
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), dest / sidecar.name, row_group_size=8)
+
+
+def _upload(client, folder: Path, prefix: str) -> str:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            client.put_object(Bucket=BUCKET, Key=f"{prefix}/{p.relative_to(folder)}", Body=p.read_bytes())
+    return f"s3://{BUCKET}/{prefix}"
+
+
+def _data_hashes(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((out / "data").rglob("*.parquet"))}
+
+
+@pytest.mark.parametrize("layout", ["tars", "join", "parquet"])
+def test_a_source_on_s3_builds_like_its_local_copy(s3, tmp_path, layout):
+    """LAION on s3://: img2dataset tars with sidecars (--images), LAION metadata parquet joined with them
+    (--source + --images), img2dataset parquet shards (--source): the same shards as from a local copy."""
+    from x2i.engine.manifest import read_manifest
+    from x2i.shapes.embedded import embedded_source
+
+    images = embedded_source("laion")
+    local = tmp_path / "src"
+    local.mkdir()
+    shutil.copytree(images, local / "images")
+    shutil.copytree(images.parent / "metadata", local / "metadata")
+    if layout == "parquet":
+        _parquet_shards(local / "images", local / "pq")
+    remote = _upload(s3, local, f"src-{layout}")
+    args = {"tars": ["--images", "{root}/images"], "join": ["--source", "{root}/metadata", "--images", "{root}/images"],
+            "parquet": ["--source", "{root}/pq", "--set", "source.options.rows_per_partition=16"]}[layout]
+    for name, root in (("local", str(local)), ("s3", remote)):
+        result = CliRunner().invoke(app, ["build", "--task", "text-to-image", "--out", str(tmp_path / name), "-q",
+                                          *[a.format(root=root) for a in args]])
+        assert result.exit_code == 0, result.output
+    built = {name: read_manifest(tmp_path / name) for name in ("local", "s3")}
+    assert built["s3"].rows > 0 and built["s3"].source["mode"] == built["local"].source["mode"]
+    assert [p.label for p in built["s3"].partitions] == [p.label for p in built["local"].partitions]
+    assert _data_hashes(tmp_path / "s3") == _data_hashes(tmp_path / "local")
+    assert built["s3"].rejects == built["local"].rejects
