@@ -89,6 +89,32 @@ def test_ray_workers_get_every_x2i_and_hub_setting(monkeypatch):
     assert env["HF_HUB_OFFLINE"] == "1" and "SOMETHING_ELSE" not in env
 
 
+def test_ray_workers_get_the_object_store_settings(monkeypatch):
+    """A worker on another node writing to s3:// must reach the driver's store with the driver's credentials."""
+    from x2i.engine.ray_executor import worker_env
+
+    aws = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+           "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token",
+           "AWS_REGION": "eu-west-1", "AWS_PROFILE": "builds"}
+    for k, v in aws.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_SOMETHING_ELSE", "x")
+    env = worker_env()
+    assert {k: env.get(k) for k in aws} == aws and "AWS_SOMETHING_ELSE" not in env
+
+
+def test_a_cluster_build_names_a_relative_source_path(tmp_path):
+    from x2i.engine.partition import PartitionJob
+    from x2i.engine.plan import compile_plan
+    from x2i.engine.ray_executor import relative_paths
+
+    recipe = load_recipe("subject-driven")
+    plan = compile_plan(recipe)
+    recipe.source.path, recipe.source.images = "rel/meta", "s3://bucket/images"
+    job = PartitionJob(plan, 0, None, "p0", None, str(tmp_path / "out"))
+    assert relative_paths(job) == ["source path rel/meta"]
+
+
 def test_ray_executor_gives_identical_rows(reference, tmp_path):
     manifest = build(load_recipe("subject-driven"), tmp_path / "ray", limit=LIMIT, executor="ray", workers=2,
                      progress=False)

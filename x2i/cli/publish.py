@@ -14,12 +14,12 @@ STAGE_DEFAULT = "_hub"  # x2i.publish.run.STAGE_DEFAULT, repeated so `--help` ne
 
 @user_errors
 def publish_command(
-    path: Path = typer.Argument(..., help="Dataset folder built by x2i (data/ + manifest.json)."),
+    path: str = typer.Argument(..., help="Dataset folder built by x2i (data/ + manifest.json); local or s3://, gs://, hf://."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repo, ORG/NAME (created if missing)."),
     private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing; default: main)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Build the repo folder and card locally, print what would be uploaded, upload nothing."),
-    stage_dir: Optional[Path] = typer.Option(None, "--stage", help=f"Where the repo folder is built (default: DIR/{STAGE_DEFAULT})."),
+    stage_dir: Optional[Path] = typer.Option(None, "--stage", help=f"Where the repo folder is built (default: DIR/{STAGE_DEFAULT}; for an object-store DIR, ./{STAGE_DEFAULT}/<last part of DIR>)."),
     license: str = typer.Option("other", "--license", help="The card's licence id (e.g. cc-by-4.0); per-row licences are listed in the card."),
     pretty_name: Optional[str] = typer.Option(None, "--pretty-name", help="Title of the dataset card."),
     shard_mb: int = typer.Option(500, "--shard-mb", min=1, help="Target size of the uploaded Parquet files; smaller built shards are merged."),

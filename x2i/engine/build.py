@@ -17,21 +17,30 @@ A re-run with the same plan skips done partitions, so a crash or Ctrl-C loses at
 flight; a re-run with a different plan is refused rather than mixing two builds in one folder. A re-run of
 a complete build reads and writes nothing but reads (it works on read-only storage). One build at a time
 holds `.x2i-lock` in the folder (x2i/engine/lock.py); a second fails at once naming the holder.
+
+`out_dir` may be an object-store URI (s3://, gs://, hf://; x2i/core/storage.py). The build's root is a `Storage`
+either way, and the plan, records and manifest go through x2i/engine/manifest.py for both. What differs is what
+rename gives a local folder: on an object store each shard is uploaded once under its final name and the
+completion record last, so a partition is done iff its record exists and every shard it lists is there with its
+size and sha256; objects no record lists are a killed attempt's and are removed before the manifest
+(x2i/engine/object_out.py). The lock there is an object with holder and expiry (x2i/engine/object_lock.py).
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from x2i.core.errors import BuildStopped, X2IError, describe_stop
 from x2i.core.schema import SCHEMA_VERSION
+from x2i.core.storage import Storage, check_target, is_uri
+from x2i.engine import object_out
 from x2i.engine.executor import make_executor
-from x2i.engine.lock import LOCK_NAMES, BuildLock, DriverGuard, live_holder, locked_error
-from x2i.engine.manifest import (MANIFEST, PROGRESS, Manifest, ManifestError, PartitionRecord, PlanRecord, Policy,
-                                 assemble_manifest, plan_path, read_manifest, read_plan, read_records, record_path,
+from x2i.engine.lock import LOCK_NAMES, DriverGuard
+from x2i.engine.manifest import (MANIFEST, PLAN, PROGRESS, Manifest, ManifestError, PartitionRecord, PlanRecord,
+                                 Policy, assemble_manifest, read_manifest, read_plan, read_records, record_rel,
                                  write_plan)
+from x2i.engine.object_lock import held_error, lock_for
 from x2i.engine.partition import PartitionJob, run_partition
 from x2i.engine.plan import FinalizeStep, Plan, compile_plan
 from x2i.engine.recipe import Recipe, errors_in, resolve_recipe
@@ -50,20 +59,28 @@ def _quotas(source, partitions: list[Any], limit: int | None) -> list[int | None
     return quotas
 
 
-def _is_foreign(out: Path) -> bool:
+def _ours(store: Storage) -> bool:
+    return store.exists(PLAN) or store.exists(MANIFEST)
+
+
+def _is_foreign(store: Storage) -> bool:
     """A non-empty folder that is not an x2i build (our lock files do not count): never written into."""
-    if plan_path(out).exists() or (out / MANIFEST).exists() or not out.is_dir():
+    if _ours(store):
         return False
-    return any(p.name not in LOCK_NAMES for p in out.iterdir())
+    return any(name not in LOCK_NAMES for name in store.top())
 
 
-def _foreign_error(out: Path) -> X2IError:
-    return X2IError(f"{out} exists, is not empty and is not an x2i build; choose another --out")
+def _foreign_error(store: Storage) -> X2IError:
+    return X2IError(f"{store} exists, is not empty and is not an x2i build; choose another --out")
 
 
-def _remove_dead_temps(out: Path) -> None:
+def _remove_dead_temps(store: Storage) -> None:
     """Under the lock (and once earlier workers are gone) every temp file here is a dead run's leftover, e.g.
-    the half shard of a killed worker: remove them so they stop filling the disk."""
+    the half shard of a killed worker: remove them so they stop filling the disk. (An object store has none:
+    nothing is written there under a temp name.)"""
+    if not store.is_local:
+        return
+    out = store.local_path()
     for folder in (out / "data", out / "rejects", out / PROGRESS):
         for path in folder.rglob(TMP_PREFIX + "*") if folder.is_dir() else []:
             if path.is_file():
@@ -73,54 +90,61 @@ def _remove_dead_temps(out: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _prepare_out(out: Path, planned: PlanRecord, overwrite: bool) -> None:
+def _prepare_out(store: Storage, planned: PlanRecord, overwrite: bool) -> None:
     """Under the lock: refuse a folder that is not ours or holds another plan, clear it for --overwrite, and
     write plan.json only when it is not already there (a resumed build rewrites nothing)."""
-    if _is_foreign(out):
-        raise _foreign_error(out)
-    ours = plan_path(out).exists() or (out / MANIFEST).exists()
-    if overwrite and ours:
+    if _is_foreign(store):
+        raise _foreign_error(store)
+    if overwrite and _ours(store):
         # The manifest first: from this moment the folder no longer claims to hold a complete build.
         for name in (MANIFEST, "data", "rejects", PROGRESS):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    elif plan_path(out).exists():
+            store.remove(name)
+    elif store.exists(PLAN):
         try:
-            previous = read_plan(out)
+            previous = read_plan(store)
         except ManifestError as exc:
-            raise X2IError(f"{out} holds a build whose plan cannot be read ({exc.problem}); use --overwrite to "
+            raise X2IError(f"{store} holds a build whose plan cannot be read ({exc.problem}); use --overwrite to "
                            "replace it or choose another --out") from None
         if previous == planned:
-            _remove_dead_temps(out)
+            _remove_dead_temps(store)
             return
-        raise X2IError(f"{out} holds a build of a different plan (changed: {', '.join(planned.changed(previous))}); "
+        raise X2IError(f"{store} holds a build of a different plan (changed: {', '.join(planned.changed(previous))}); "
                        "use --overwrite to replace it or choose another --out")
-    _remove_dead_temps(out)
-    write_plan(out, planned)
+    _remove_dead_temps(store)
+    write_plan(store, planned)
 
 
-def _finished(out: Path, planned: PlanRecord) -> Manifest | None:
+def _finished(store: Storage, planned: PlanRecord) -> Manifest | None:
     """The manifest of a complete build of this very plan, found by reading only (so a re-run of a finished
     build is a no-op, also on read-only storage); None when there is anything to do."""
     try:
-        if not (out / MANIFEST).is_file() or not plan_path(out).is_file():
+        if not store.exists(MANIFEST) or not store.exists(PLAN):
             return None
-        if read_plan(out) != planned:
+        if read_plan(store) != planned:
             return None  # the locked path reports the different plan
-        holder = live_holder(out)
-        if holder is not None:  # e.g. an --overwrite of this folder is running: its manifest is going away
-            raise locked_error(out, holder)
-        return read_manifest(out)
+        locked = held_error(store)
+        if locked is not None:  # e.g. an --overwrite of this folder is running: its manifest is going away
+            raise locked
+        return read_manifest(store)
     except ManifestError:
         return None  # a damaged plan or manifest: rebuild them under the lock
     except OSError as exc:
-        raise StorageError.wrap(exc.filename or out, exc) from exc
+        raise StorageError.wrap(exc.filename or store, exc) from exc
 
 
-def run_post_build(plan: Plan, out: Path, records: list[PartitionRecord]
+def _pending(store: Storage, count: int) -> list[int]:
+    """The partitions to run. Local: those without a completion record (the rename committed their shards).
+    Object store: those whose record or listed shards are missing or differ; their leftovers are removed here,
+    under the lock, records first."""
+    if store.is_local:
+        return [i for i in range(count) if not store.exists(record_rel(i))]
+    done = object_out.done_partitions(store, count)
+    pending = [i for i in range(count) if i not in done]
+    object_out.clear_partitions(store, pending)
+    return pending
+
+
+def run_post_build(plan: Plan, out: Path | Storage, records: list[PartitionRecord]
                    ) -> tuple[list[PartitionRecord], dict[str, Any]]:
     """Whole-build passes (e.g. dedup across partitions), run once every partition is complete and before the
     manifest, on the driver, so the result is the same whatever executor ran the partitions.
@@ -135,7 +159,7 @@ def run_post_build(plan: Plan, out: Path, records: list[PartitionRecord]
     return records, summaries
 
 
-def check_not_empty(manifest: Manifest, out: Path) -> None:
+def check_not_empty(manifest: Manifest, out: Path | Storage) -> None:
     """A build that read rows but kept none is almost always a broken setup, not a result: say so."""
     if manifest.rows == 0 and manifest.source_samples > 0:
         reasons = ", ".join(f"{reason} x{n}" for reason, n in manifest.top_rejects(3)) or "none recorded"
@@ -156,28 +180,34 @@ def build(recipe: Recipe, out_dir: str | Path, *, executor: str = "local", worke
     written). An OSError anywhere (disk full, read-only storage) is raised as one StorageError."""
     if not 0.0 <= max_error_rate < 1.0:
         raise X2IError(f"--max-error-rate must be in [0, 1), got {max_error_rate}")
-    out = Path(out_dir)
+    store = Storage.for_uri(out_dir)  # refuses a mangled URI (`s3:/bucket`): never a local folder named `s3:`
     plan = compile_plan(recipe)
+    if not store.is_local:
+        object_out.check_supported(store, [step.name for step in plan.post_build])
     partitions = plan.source.partitions()
     planned = PlanRecord(recipe=recipe.to_dict(), partitions=[plan.source.label(p) for p in partitions],
                          limit=limit, quotas=_quotas(plan.source, partitions, limit), schema_version=SCHEMA_VERSION)
-    manifest = None if overwrite else _finished(out, planned)
+    manifest = None if overwrite else _finished(store, planned)
     if manifest is None:
-        manifest = _build_locked(plan, out, planned, partitions, overwrite, progress, on_partition,
+        manifest = _build_locked(plan, store, planned, partitions, overwrite, progress, on_partition,
                                  _RunPolicy(executor, workers, ray_address, strict, max_error_rate, allow_empty))
     if not allow_empty:
-        check_not_empty(manifest, out)
+        check_not_empty(manifest, store)
     return manifest
 
 
 def build_recipe(name_or_path: str | Path, out_dir: str | Path | None = None, *,
                  options: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...] = (),
-                 **run: Any) -> tuple[Manifest, Path]:
+                 **run: Any) -> tuple[Manifest, Path | str]:
     """`x2i build` and `x2i import`: a shipped recipe (by name) or a recipe file, with command-line changes applied
     the one way they are applied (`resolve_recipe`: options, then `--set`), built into `out_dir` (default
-    out/<recipe name>). `run`: build()'s keywords. Config errors name the recipe file. Returns (manifest, out)."""
+    out/<recipe name>; an object-store URI stays a string). `run`: build()'s keywords. Config errors name the
+    recipe file. Returns (manifest, out)."""
+    if out_dir is not None:
+        check_target(out_dir)  # before any work, and before Path() could turn `ftp://x` into a folder `ftp:/x`
     recipe, where = resolve_recipe(name_or_path, options, sets)
-    out = Path(out_dir) if out_dir is not None else Path("out") / recipe.name
+    target = out_dir if out_dir is not None else Path("out") / recipe.name
+    out = target if is_uri(target) else Path(target)
     with errors_in(where):  # a builder or source checking its part of the recipe names the recipe file
         return build(recipe, out, **run), out
 
@@ -192,26 +222,31 @@ class _RunPolicy:
     allow_empty: bool
 
 
-def _build_locked(plan: Plan, out: Path, planned: PlanRecord, partitions: list[Any], overwrite: bool,
+def _build_locked(plan: Plan, store: Storage, planned: PlanRecord, partitions: list[Any], overwrite: bool,
                   progress: bool, on_partition, run: _RunPolicy) -> Manifest:
     labels = planned.partitions
-    with storage_errors(out):
-        if _is_foreign(out):  # checked before the lock too, so a stranger's folder never gets a lock file
-            raise _foreign_error(out)
+    with storage_errors(store):
+        if _is_foreign(store):  # checked before the lock too, so a stranger's folder never gets a lock file
+            raise _foreign_error(store)
     try:
-        with BuildLock(out) as lock:
-            _prepare_out(out, planned, overwrite)
-            jobs = [PartitionJob(plan, i, p, labels[i], planned.quotas[i], str(out), run.strict, run.max_error_rate,
-                                 lock.guard)
-                    for i, p in enumerate(partitions) if not record_path(out, i).exists()]
+        with lock_for(store) as lock:
+            _prepare_out(store, planned, overwrite)
+            jobs = [PartitionJob(plan, i, partitions[i], labels[i], planned.quotas[i], store.uri, run.strict,
+                                 run.max_error_rate, lock.guard)
+                    for i in _pending(store, len(partitions))]
             _run_jobs(jobs, len(partitions), plan.recipe.name, run, progress, on_partition, lock.guard)
-            records, post_build = run_post_build(plan, out, read_records(out, len(partitions)))
-            return assemble_manifest(out, planned, plan.source.describe(), plan.notes(), records, post_build,
+            # The post-build passes rewrite local files (none runs on an object store: object_out.check_supported).
+            out = store.local_path() if store.is_local else store
+            records, post_build = run_post_build(plan, out, read_records(store, len(partitions)))
+            if not store.is_local:  # what rename gives a folder: only what the records list is output
+                object_out.sweep_orphans(store, records)
+                lock.check_held()
+            return assemble_manifest(store, planned, plan.source.describe(), plan.notes(), records, post_build,
                                      policy=Policy(run.max_error_rate, run.allow_empty))
     except StorageError:
         raise
     except OSError as exc:  # plan, records, post-build passes, manifest: one line, not a traceback
-        raise StorageError.wrap(exc.filename or out, exc) from exc
+        raise StorageError.wrap(exc.filename or store, exc) from exc
 
 
 def _run_jobs(jobs: list[PartitionJob], total: int, name: str, run: _RunPolicy, progress: bool, on_partition,

@@ -7,6 +7,9 @@ first written have defaults, so every v1 manifest still loads: `notes`, `scores`
 `unexpected_errors` and `policy` (added with the error budget). Writing keeps the JSON layout byte for byte as it
 has always been (field order is key order, `indent=1`), so existing datasets and the docs stay true.
 
+The root may be a local folder or an object-store prefix (x2i/core/storage.py): the same functions read and write
+both, local small files atomically (temp, fsync, rename), objects as one upload under their final name.
+
 `recipe` and `source` stay plain mappings: they record what a build was made from, and must keep loading after the
 Recipe dataclass or a source's `describe()` changes; `scores` and `post_build` are free-form summaries.
 """
@@ -23,6 +26,7 @@ from x2i import __version__
 from x2i.core.config import ConfigError, from_dict, to_dict
 from x2i.core.errors import X2IError
 from x2i.core.schema import SCHEMA_VERSION
+from x2i.core.storage import Storage, as_storage, is_uri
 from x2i.engine.shards import ShardInfo, atomic_write_bytes  # ShardInfo: what the shard writer commits
 
 MANIFEST = "manifest.json"
@@ -32,7 +36,7 @@ PROGRESS = "_progress"
 class ManifestError(X2IError):
     """A build record that cannot be read: not JSON, or not the layout of its dataclass. `path`: the file."""
 
-    def __init__(self, path: Path, problem: str):
+    def __init__(self, path: Path | str, problem: str):
         super().__init__(f"{path}: {problem}")
         self.path, self.problem = path, problem
 
@@ -138,6 +142,16 @@ class PlanRecord:
 
 
 # -- paths ----------------------------------------------------------------------------------------------------------
+# Every reader and writer below takes the build's root as a local path, an object-store URI or a Storage
+# (x2i/core/storage.py), and names files relative to it, so local folders and object stores share one code path.
+PLAN = f"{PROGRESS}/plan.json"
+
+
+def record_rel(index: int) -> str:
+    """A partition's completion record, relative to the build's root."""
+    return f"{PROGRESS}/part-{index:05d}.json"
+
+
 def manifest_path(root: str | Path) -> Path:
     """`root/manifest.json` for a build folder; a path to the file itself is returned as is."""
     root = Path(root)
@@ -145,42 +159,61 @@ def manifest_path(root: str | Path) -> Path:
 
 
 def record_path(out: Path, index: int) -> Path:
-    return Path(out) / PROGRESS / f"part-{index:05d}.json"
+    return Path(out) / record_rel(index)
 
 
 def plan_path(out: Path) -> Path:
-    return Path(out) / PROGRESS / "plan.json"
+    return Path(out) / PLAN
+
+
+def _manifest_at(root: str | Path | Storage) -> tuple[Storage, str]:
+    """(storage, name) of the manifest of a build root, or of the manifest file itself."""
+    if isinstance(root, Storage):
+        return root, MANIFEST
+    if is_uri(str(root)):
+        text = str(root).rstrip("/")
+        head, _, name = text.rpartition("/")
+        return (Storage.for_uri(head), name) if name.endswith(".json") else (Storage.for_uri(text), MANIFEST)
+    path = manifest_path(root)
+    return Storage.for_uri(path.parent), path.name
+
+
+def _shown(store: Storage, rel: str) -> Path | str:
+    """A file as error messages name it: a local Path, or the object's URI."""
+    return store.local_path(rel) if store.is_local else store.uri_of(rel)
 
 
 # -- reading --------------------------------------------------------------------------------------------------------
-def _load(cls: type, path: Path, what: str) -> Any:
-    """`cls` from the JSON file at `path`; ManifestError (an X2IError) when it is not JSON or not that layout.
-    OSError (missing, unreadable) is left to the caller, which knows whether a missing file is an error."""
+def _load(cls: type, store: Storage, rel: str, what: str) -> Any:
+    """`cls` from the JSON file `rel`; ManifestError (an X2IError) when it is not JSON or not that layout.
+    OSError (missing, unreadable; a StorageError naming the file) is left to the caller, which knows whether a
+    missing file is an error."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(store.read_bytes(rel))
     except ValueError as exc:
-        raise ManifestError(path, f"not valid JSON: {exc}") from None
+        raise ManifestError(_shown(store, rel), f"not valid JSON: {exc}") from None
     try:
         return from_dict(cls, data)
     except ConfigError as exc:
-        raise ManifestError(path, f"not an x2i {what}: {exc}") from None
+        raise ManifestError(_shown(store, rel), f"not an x2i {what}: {exc}") from None
 
 
-def read_manifest(root: str | Path) -> Manifest:
-    """The manifest of a build folder (or the manifest file itself)."""
-    return _load(Manifest, manifest_path(root), "manifest")
+def read_manifest(root: str | Path | Storage) -> Manifest:
+    """The manifest of a build folder or prefix (or the manifest file itself)."""
+    return _load(Manifest, *_manifest_at(root), "manifest")
 
 
-def read_record(out: Path, index: int) -> PartitionRecord:
-    return _load(PartitionRecord, record_path(out, index), "completion record")
+def read_record(out: str | Path | Storage, index: int) -> PartitionRecord:
+    return _load(PartitionRecord, as_storage(out), record_rel(index), "completion record")
 
 
-def read_records(out: Path, count: int) -> list[PartitionRecord]:
-    return [read_record(out, i) for i in range(count)]
+def read_records(out: str | Path | Storage, count: int) -> list[PartitionRecord]:
+    store = as_storage(out)
+    return [read_record(store, i) for i in range(count)]
 
 
-def read_plan(out: Path) -> PlanRecord:
-    return _load(PlanRecord, plan_path(out), "build plan")
+def read_plan(out: str | Path | Storage) -> PlanRecord:
+    return _load(PlanRecord, as_storage(out), PLAN, "build plan")
 
 
 def records_from(data: list[Any]) -> list[PartitionRecord]:
@@ -194,26 +227,38 @@ def record_json(record: Any) -> bytes:
     return json.dumps(to_dict(record), indent=1).encode()
 
 
-def write_record(out: Path, record: PartitionRecord) -> None:
-    atomic_write_bytes(record_path(out, record.index), record_json(record))
+def _write(out: str | Path | Storage, rel: str, data: bytes) -> None:
+    """A small file: atomic (temp, fsync, rename) in a local folder; on an object store one upload under its final
+    name, which readers see whole or not at all."""
+    store = as_storage(out)
+    if store.is_local:
+        atomic_write_bytes(store.local_path(rel), data)
+    else:
+        store.write_bytes(rel, data)
 
 
-def write_plan(out: Path, plan: PlanRecord) -> None:
-    atomic_write_bytes(plan_path(out), json.dumps(to_dict(plan), indent=1, sort_keys=True).encode())
+def write_record(out: str | Path | Storage, record: PartitionRecord) -> None:
+    _write(out, record_rel(record.index), record_json(record))
 
 
-def write_manifest(out: Path, manifest: Manifest) -> None:
-    atomic_write_bytes(Path(out) / MANIFEST, json.dumps(to_dict(manifest), indent=1, ensure_ascii=False).encode())
+def write_plan(out: str | Path | Storage, plan: PlanRecord) -> None:
+    _write(out, PLAN, json.dumps(to_dict(plan), indent=1, sort_keys=True).encode())
 
 
-def score_summary(out: Path, shards: list[ShardInfo]) -> dict[str, Any]:
+def write_manifest(out: str | Path | Storage, manifest: Manifest) -> None:
+    _write(out, MANIFEST, json.dumps(to_dict(manifest), indent=1, ensure_ascii=False).encode())
+
+
+def score_summary(out: str | Path | Storage, shards: list[ShardInfo]) -> dict[str, Any]:
     """Per task: how many rows carry an aesthetic / clip_score / phash, and the scores' spread."""
     import numpy as np
     import pyarrow.parquet as pq
 
+    store = as_storage(out)
     columns: dict[str, dict[str, list]] = {}
     for sh in shards:
-        table = pq.read_table(Path(out) / sh.path, columns=["aesthetic", "clip_score", "phash"])
+        # store.fs is None for a local folder: pyarrow then reads the local path natively.
+        table = pq.read_table(store.path(sh.path), columns=["aesthetic", "clip_score", "phash"], filesystem=store.fs)
         cols = columns.setdefault(sh.task, {"aesthetic": [], "clip_score": [], "phash": []})
         for name in cols:
             cols[name] += [v for v in table.column(name).to_pylist() if v is not None]
@@ -232,9 +277,9 @@ def score_summary(out: Path, shards: list[ShardInfo]) -> dict[str, Any]:
     return summary
 
 
-def assemble_manifest(out: Path, plan: PlanRecord, source_info: dict[str, Any], notes: list[str] | None = None,
-                      records: list[PartitionRecord] | None = None, post_build: dict[str, Any] | None = None,
-                      policy: Policy | None = None) -> Manifest:
+def assemble_manifest(out: str | Path | Storage, plan: PlanRecord, source_info: dict[str, Any],
+                      notes: list[str] | None = None, records: list[PartitionRecord] | None = None,
+                      post_build: dict[str, Any] | None = None, policy: Policy | None = None) -> Manifest:
     """Total the completion records (as the post-build passes left them) into the manifest, and write it."""
     if records is None:
         records = read_records(out, len(plan.partitions))
@@ -266,8 +311,7 @@ def assemble_manifest(out: Path, plan: PlanRecord, source_info: dict[str, Any], 
     return manifest
 
 
-__all__ = ["MANIFEST", "PROGRESS", "Manifest", "ManifestError", "PartitionRecord", "PartitionSummary", "PlanRecord",
-           "Policy", "ShardInfo", "TaskTotals", "assemble_manifest", "manifest_path", "read_manifest", "read_plan",
-           "read_record", "read_records", "record_json", "record_path", "records_from", "score_summary",
-           "write_manifest",
-           "write_plan", "write_record"]
+__all__ = ["MANIFEST", "PLAN", "PROGRESS", "Manifest", "ManifestError", "PartitionRecord", "PartitionSummary",
+           "PlanRecord", "Policy", "ShardInfo", "TaskTotals", "assemble_manifest", "manifest_path", "read_manifest",
+           "read_plan", "read_record", "read_records", "record_json", "record_path", "record_rel", "records_from",
+           "score_summary", "write_manifest", "write_plan", "write_record"]

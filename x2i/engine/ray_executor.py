@@ -35,11 +35,19 @@ IN_FLIGHT_PER_WORKER = 2  # one running, one queued behind it per CPU: no CPU id
 log = logging.getLogger(__name__)
 
 
+# The S3 endpoint, region and credentials x2i/core/storage.py reads: a worker on another node writing shards to
+# (or reading a source from) s3:// must reach the same store as the same user as the driver.
+AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE")
+
+
 def worker_env() -> dict[str, str]:
     """What workers on a cluster must see as the driver does: the x2i cache (embedded sample), every weight
-    folder (X2I_ANNOTATOR_DIR, X2I_CURATION_DIR, X2I_OMNIGEN_DIR, ...), the Hugging Face cache and offline switch."""
-    hf = ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE")
-    return {k: v for k, v in os.environ.items() if k.startswith("X2I_") or k in hf}
+    folder (X2I_ANNOTATOR_DIR, X2I_CURATION_DIR, X2I_OMNIGEN_DIR, ...), the Hugging Face cache and offline switch,
+    and the object-store settings (AWS_*). Ray passes these in the job's runtime_env, which the cluster's
+    dashboard shows: prefer AWS_PROFILE or instance roles over keys where that matters."""
+    forwarded = ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", *AWS_SETTINGS)
+    return {k: v for k, v in os.environ.items() if k.startswith("X2I_") or k in forwarded}
 
 
 class _NoDriverPaths(list):
@@ -69,8 +77,10 @@ def relative_paths(job: Any) -> list[str]:
     resolve them against their own): the output folder and the recipe's source path and images."""
     found = []
     out = getattr(job, "out_dir", None)
-    source = (getattr(job, "recipe", None) or {}).get("source") or {}
-    for what, value in (("--out", out), ("source path", source.get("path")), ("source images", source.get("images"))):
+    plan = getattr(job, "plan", None)  # a PartitionJob carries the compiled plan, whose recipe names the source
+    source = plan.recipe.source if plan is not None else None
+    for what, value in (("--out", out), ("source path", getattr(source, "path", None)),
+                        ("source images", getattr(source, "images", None))):
         if isinstance(value, (str, PurePath)) and "://" not in str(value) and not os.path.isabs(value):
             found.append(f"{what} {value}")
     return found

@@ -60,21 +60,35 @@ class Published:
                 f"{len(r.skipped)} already there, {len(r.deleted)} stale file(s) removed: {r.url}")
 
 
+def _check_folder(local: Path, dataset: str | Path) -> None:
+    if not local.is_dir() or not (local / "data").is_dir():
+        raise X2IError(f"{dataset}: not a dataset folder (expected {str(dataset).rstrip('/')}/data)")
+
+
 def publish(dataset: str | Path, cfg: PublishConfig, *, dry_run: bool = False, stage_dir: str | Path | None = None,
             decode_images: bool = True, log: Callable[[str], None] = lambda line: None,
             warn: Callable[[str], None] = lambda line: None) -> Published:
-    """Validate, stage and (unless `dry_run`) upload `dataset` to the Hub repo `cfg.repo_id`. `log` gets the
-    progress lines and the staged report, `warn` the validation problems. Raises X2IError for anything the user
-    can fix (bad repo id, no token, invalid dataset, a refused upload: one line, the token never shown)."""
+    """Validate, stage and (unless `dry_run`) upload `dataset` (a folder, or an s3://, gs://, hf:// URI) to the
+    Hub repo `cfg.repo_id`. `log` gets the progress lines and the staged report, `warn` the validation problems.
+    Raises X2IError for anything the user can fix (bad repo id, no token, invalid dataset, a refused upload: one
+    line, the token never shown)."""
+    from x2i.core.storage import check_target, is_uri
+    from x2i.inspect.remote import readable
     from x2i.inspect.validate import require_valid
 
-    dataset = Path(dataset)
+    check_target(dataset)  # `s3:/bucket` is a mangled URI, never a local folder named `s3:`
     check_repo_id(cfg.repo_id)
-    if not dataset.is_dir() or not (dataset / "data").is_dir():
-        raise X2IError(f"{dataset}: not a dataset folder (expected {dataset / 'data'})")
+    if not is_uri(str(dataset)):
+        _check_folder(Path(dataset), dataset)
     token = None if dry_run else resolve_token()  # before any work: no token, nothing done
-    manifest = require_valid(dataset, decode_images=decode_images, log=warn)
-    staged = stage(dataset, stage_dir or dataset / STAGE_DEFAULT, cfg, manifest=manifest, log=log)
+    if stage_dir is None and is_uri(str(dataset)):
+        # The Hub upload reads the stage from disk, and the mirror below is temporary: stage beside the cwd.
+        stage_dir = Path(STAGE_DEFAULT) / str(dataset).rstrip("/").rsplit("/", 1)[-1]
+    # An object-store dataset is validated and staged from a verified local mirror (x2i/inspect/remote.py).
+    with readable(dataset) as local:
+        _check_folder(local, dataset)
+        manifest = require_valid(local, decode_images=decode_images, log=warn)
+        staged = stage(local, stage_dir or local / STAGE_DEFAULT, cfg, manifest=manifest, log=log)
     log(staged_report(staged))
     if dry_run:
         return Published(staged, cfg, None)

@@ -23,8 +23,14 @@ class Source:
     """Base class of source readers."""
 
     format = ""
+    # Whether `path`/`images` may be object-store URIs (the reader opens files through x2i/sources/files.py);
+    # a format that does not refuses a URI before any work, naming itself.
+    reads_uris = False
 
     def __init__(self, config: SourceConfig):
+        from x2i.sources.files import check_source_paths
+
+        check_source_paths(self.format, config, self.reads_uris)
         self.config = config
 
     def partitions(self) -> list[Any]:

@@ -22,7 +22,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from x2i.core.sample import SOURCE_TASK, Sample
 from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
+from x2i.sources.files import UriPath, parquet_file, read_schema, source_path
 from x2i.sources.parquet_parts import iter_span
 from x2i.engine.steps import Context, Step
 
@@ -150,7 +151,7 @@ def laion_meta(row: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _files(path: Path) -> list[Path]:
+def _files(path: Path | UriPath) -> list[Path | UriPath]:
     if not path.exists():
         raise SourceError(path, "no such file or directory")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
@@ -159,14 +160,14 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def _schema_names(path: Path) -> list[str]:
+def _schema_names(path: Path | UriPath) -> list[str]:
     try:
-        return pq.read_schema(path).names
+        return read_schema(path).names
     except Exception as exc:
         raise SourceError(path, f"not a readable parquet file ({exc})") from None
 
 
-def _is_img2dataset(path: Path) -> bool:
+def _is_img2dataset(path: Path | UriPath) -> bool:
     """An img2dataset output (tars, or parquet with an image column) rather than LAION metadata."""
     if path.is_file():
         return path.suffix == ".tar" or (path.suffix == ".parquet" and i2d._image_column(_schema_names(path)))
@@ -178,7 +179,7 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """url -> LAION row, for the join layout (only the columns x2i uses are read)."""
     index: dict[str, dict[str, Any]] = {}
     for path in paths:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
         cols = [c for c in pf.schema_arrow.names if c in ("URL", "TEXT", "WIDTH", "HEIGHT", "hash", *SCORE_COLUMNS,
                                                           *AESTHETIC_COLUMNS)]
         for batch in pf.iter_batches(batch_size=8192, columns=cols):
@@ -191,6 +192,7 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
 @register_source("laion")
 class LaionSource(Source):
     format = "laion"
+    reads_uris = True  # metadata parquet and img2dataset output may be on s3://, gs://, hf:// (x2i/sources/files.py)
 
     def __init__(self, config):
         super().__init__(config)
@@ -208,14 +210,14 @@ class LaionSource(Source):
 
             self.mode, self.root = "images", embedded_source("laion", self.options.embedded)
         elif config.path is None:
-            self.mode, self.root = "images", Path(config.images)
+            self.mode, self.root = "images", source_path(config.images)
         elif config.images is not None:
-            self.mode, self.root = "join", Path(config.images)
-            self.metadata_files = self._metadata(Path(config.path))
-        elif _is_img2dataset(Path(config.path)):
-            self.mode, self.root = "images", Path(config.path)
+            self.mode, self.root = "join", source_path(config.images)
+            self.metadata_files = self._metadata(source_path(config.path))
+        elif _is_img2dataset(source_path(config.path)):
+            self.mode, self.root = "images", source_path(config.path)
         else:
-            self.mode, self.root = "download", Path(config.path)
+            self.mode, self.root = "download", source_path(config.path)
             self.metadata_files = self._metadata(self.root)
             if not self.options.download:
                 raise SourceError(self.root, "LAION metadata without images: give the img2dataset output of it "
@@ -224,7 +226,7 @@ class LaionSource(Source):
             raise X2IError("source.options.download needs LAION parquet as source path and no source images")
 
     @staticmethod
-    def _metadata(path: Path) -> tuple[str, ...]:
+    def _metadata(path: Path | UriPath) -> tuple[str, ...]:
         files = _files(path)
         for f in files:
             names = check_file(f, LAION_TYPES).names
@@ -236,7 +238,7 @@ class LaionSource(Source):
         if self.mode == "download":
             parts = []
             for f in self.metadata_files:
-                n = pq.ParquetFile(f).metadata.num_rows
+                n = parquet_file(f).metadata.num_rows
                 step = self.options.rows_per_partition
                 parts += [RowRange(f, start, min(n, start + step)) for start in range(0, n, step)]
             return parts
@@ -258,8 +260,12 @@ class LaionSource(Source):
     def label(self, partition: Any) -> str:
         if isinstance(partition, RowRange):
             return f"{Path(partition.path).name}[{partition.start}:{partition.stop}]"
-        root = self.root if self.root.is_dir() else self.root.parent
-        return i2d.shard_label(partition, root)
+        return i2d.shard_label(partition, self._label_root)
+
+    @cached_property
+    def _label_root(self) -> Path | UriPath:
+        """What labels are relative to (looked up once: on an object store each look is a request)."""
+        return self.root if self.root.is_dir() else self.root.parent
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.config.path, "images": self.config.images, "mode": self.mode,
@@ -319,7 +325,7 @@ class LaionSource(Source):
     def _rows(self, part: RowRange, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
         stop = part.stop if limit is None else min(part.stop, part.start + limit)
         # Only the row groups holding the range are read (not every row before it, once per partition).
-        yield from iter_span(pq.ParquetFile(part.path), part.start, stop, batch_size=1024)
+        yield from iter_span(parquet_file(part.path), part.start, stop, batch_size=1024)
 
     def _read_download(self, part: RowRange, ctx: Context, limit: int | None) -> Iterator[Sample]:
         """Rows as samples without an image yet: the builder filters them on their metadata first (a row its

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from x2i.core.errors import X2IError
+from x2i.sources.files import UriPath, parquet_file, read_schema, read_table, relative
 
 # A few thousand rows: minutes of work per task at most, far above the embedded samples' files (<= 50 rows).
 DEFAULT_ROWS_PER_PARTITION = 2000
@@ -39,7 +40,7 @@ def check_rows_per_partition(value: Any, where: str = "source.options.rows_per_p
 
 def spans(path: str | Path, rows_per_partition: int) -> list[tuple[int, int]]:
     """The (start, stop) row spans `path` splits into; [(0, rows)] when it is small enough to stay whole."""
-    meta = pq.ParquetFile(path).metadata
+    meta = parquet_file(path).metadata
     if meta.num_rows <= rows_per_partition:
         return [(0, meta.num_rows)]
     out: list[tuple[int, int]] = []
@@ -77,15 +78,15 @@ def split_file(path: str, rows_per_partition: int, keys_column: str | None = Non
     cuts = spans(path, rows_per_partition)
     if len(cuts) == 1:
         return [path]
-    if keys_column is not None and keys_column in pq.read_schema(path).names:
-        cuts = align(cuts, pq.read_table(path, columns=[keys_column]).column(0).to_pylist())
+    if keys_column is not None and keys_column in read_schema(path).names:
+        cuts = align(cuts, read_table(path, columns=[keys_column]).column(0).to_pylist())
         if len(cuts) == 1:
             return [path]
     return [RowSpan(path, a, b) for a, b in cuts]
 
 
-def span_label(path: str, start: int, stop: int, root: Path) -> str:
-    return f"{Path(path).relative_to(root)}[{start}:{stop}]"
+def span_label(path: str, start: int, stop: int, root: Path | UriPath) -> str:
+    return f"{relative(path, root)}[{start}:{stop}]"
 
 
 def iter_span(pf: pq.ParquetFile, start: int, stop: int, batch_size: int,
