@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from report import report
+
 
 def images(n: int, seed: int = 0) -> list[bytes]:
     import matplotlib.cbook as cbook
@@ -209,10 +211,7 @@ def main() -> None:
         res["x2i_over_img2dataset"] = round(res["seconds"]["img2dataset"] / res["seconds"]["x2i"], 2)
     if "x2i_baseline" in res["seconds"]:
         res["x2i_over_baseline"] = round(res["seconds"]["x2i_baseline"] / res["seconds"]["x2i"], 2)
-    print(json.dumps(res))
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    report(res, a.json, work)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import io
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from report import report
 
 RECIPE = """
 name: scale
@@ -95,10 +96,7 @@ def main() -> None:
            "largest_process_peak_rss_mib": round(after.ru_maxrss / 1024),
            "post_build_dedup": manifest.get("post_build", {}).get("dedup", {}).get("dropped"),
            "load_before": load_before, "load_after": os.getloadavg()}
-    print(json.dumps(res))
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    report(res, a.json, work)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ room (every image decoded, as before the cache); "with": the default. Alternatin
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from report import report
 
 
 def main() -> None:
@@ -51,10 +51,7 @@ def main() -> None:
     res = {"rows": rows, "images": report.images, "decodes": decodes, "load": os.getloadavg(),
            "rows_per_s": {k: round(rows / statistics.median(t), 1) for k, t in times.items()}}
     res["with_over_without"] = round(res["rows_per_s"]["with_cache"] / res["rows_per_s"]["without_cache"], 2)
-    print(json.dumps(res))
-    if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    report(res, a.json, work)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def _source_columns(fmt: str, path: str | None, images: str | None, download: bo
 
     source = LaionSource(SourceConfig(fmt, path, images, {"download": download} if download else {}))
     if source.metadata_files:
-        return tuple((f, tuple(_schema_names(Path(f)))) for f in source.metadata_files)
+        return tuple((f, tuple(_schema_names(source_path(f)))) for f in source.metadata_files)
     found = []
     for shard in i2d.find_shards(source.root):
         schema = i2d.metadata_schema(shard)
