@@ -26,6 +26,7 @@ BUILDERS: dict[str, str] = {
     "layout": "x2i.builders.layout:LayoutBuilder",
     "few_shot": "x2i.builders.few_shot:FewShotBuilder",
     "in_context": "x2i.builders.in_context:InContextBuilder",
+    "shapes_proof": "x2i.builders.shapes_proof:ShapesProofBuilder",
 }
 
 # recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__
