@@ -227,7 +227,9 @@ def main() -> None:
     grid = []
     if args.proof == "edit":
         scores, notes = score_edit(images, samples)
-        result.update(scores, codec_floor=codec_floor(pipe, samples))
+        result.update(scores, codec_floor=codec_floor(pipe, samples),
+                      accuracy={"n": len(samples), "color": scores["colour_accuracy"],
+                                "shape": scores["shape_accuracy"], "both": None})
         for im, (text, ins, _, meta), note in zip(images, samples, notes):
             grid.append((ins[0], im, text.split("</img> ")[-1], note, note.startswith(f"got {meta['proof']['color']}")
                          or (" left: " in note and int(note.split(": ")[1][:-2]) < 6)))
@@ -254,6 +256,7 @@ def main() -> None:
     load["end"] = [round(x, 2) for x in os.getloadavg()]
     steps_log = [json.loads(line) for line in open(run_dir / "log.jsonl")]
     result.update(steps=steps_log[-1]["step"], final_loss=round(steps_log[-1]["loss"], 4),
+                  train={"steps": steps_log[-1]["step"], "final_loss": round(steps_log[-1]["loss"], 4)},
                   seconds=round(times.get("train", 0.0), 1),
                   seconds_detail={k: round(v, 1) for k, v in times.items()}, load_avg=load,
                   torch_threads=torch.get_num_threads(), model=args.model_dir, guidance=args.guidance,

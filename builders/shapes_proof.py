@@ -70,7 +70,7 @@ def placed_scene(rng: np.random.Generator, size: int, jitter: float, kind: str |
     cy = float(np.clip(radius + free * (row / 2 + rng.uniform(-jitter, jitter)), radius, size - radius))
     angle = 0.0 if kind == "circle" else float(rng.uniform(-20, 20))
     bg = Background(BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))], pastel(rng), pastel(rng),
-                    int(rng.integers(8, 24)), int(rng.integers(2**31)))
+                    int(rng.integers(16, 48)), int(rng.integers(2**31)))  # the world's stripe periods
     return Scene(size, size, bg, (Shape(kind, color, size_name, cx, cy, radius, angle),))
 
 
