@@ -1,63 +1,36 @@
 """Annotators: images in, condition images out (edges, depth, pose, segmentation) behind one interface.
 
-`ANNOTATORS` maps a name to its class ("module:Class", imported on use so `x2i --help` never imports torch)
-and a preset of options; one class can serve several names (e.g. the transformers depth estimators).
+Each module registers the names it serves where its classes are defined (`register_annotator("depth_dpt",
+TransformersDepth, {"repo": ...})`, x2i/engine/registry.py); one class can serve several names with different
+preset options. Importing this package imports those modules, which registers them: pyproject.toml names this
+package as an `x2i.plugins` entry point. The modules import torch and model libraries only when an annotator
+runs, so listing them stays cheap. `ANNOTATORS` is the registry (iterate it for the names).
 `get(name, ...)` builds an annotator once per process and configuration, so several partitions in one worker
 share one loaded model. See docs/annotators.md.
 """
 from __future__ import annotations
 
-import importlib
 import json
-from dataclasses import dataclass, field
 from typing import Any
+
+from x2i.engine.registry import ANNOTATORS
 
 from .base import Annotation, Annotator, AnnotatorError
 from .weights import ENV_DIR, MissingWeights, ResolvedWeights, WeightSpec, fetch, resolve
-
-
-@dataclass(frozen=True)
-class Entry:
-    target: str  # "module:Class"
-    preset: dict[str, Any] = field(default_factory=dict)
-
-
-ANNOTATORS: dict[str, Entry] = {
-    # edges
-    "canny": Entry("x2i.annotators.edges:Canny"),
-    "lineart_standard": Entry("x2i.annotators.edges:LineartStandard"),
-    "hed": Entry("x2i.annotators.edges:HED"),
-    "lineart": Entry("x2i.annotators.edges:Lineart"),
-    # depth
-    "depth_midas": Entry("x2i.annotators.depth:MidasDepth"),
-    "depth_dpt": Entry("x2i.annotators.depth:TransformersDepth", {"repo": "Intel/dpt-large"}),
-    "depth_anything": Entry("x2i.annotators.depth:TransformersDepth",
-                            {"repo": "depth-anything/Depth-Anything-V2-Small-hf"}),
-    # pose
-    "openpose": Entry("x2i.annotators.pose:OpenPose"),
-    "openpose_full": Entry("x2i.annotators.pose:OpenPose", {"include_hand": True, "include_face": True}),
-    # segmentation
-    "seg_upernet": Entry("x2i.annotators.segmentation:SemanticSegmentation"),
-    "sam": Entry("x2i.annotators.segmentation:SamBoxMasks"),
-    "grabcut": Entry("x2i.annotators.subjects:GrabCutBoxMasks"),
-    # open-vocabulary detection
-    "grounding_dino": Entry("x2i.annotators.subjects:GroundingDinoDetector"),
-}
 
 _CACHE: dict[str, Annotator] = {}
 
 
 def annotator_class(name: str) -> type[Annotator]:
     if name not in ANNOTATORS:
-        raise AnnotatorError(f"unknown annotator {name!r}; known: {', '.join(sorted(ANNOTATORS))}")
-    module, cls = ANNOTATORS[name].target.split(":")
-    return getattr(importlib.import_module(module), cls)
+        raise AnnotatorError(ANNOTATORS.unknown(name))
+    return ANNOTATORS.get(name).cls
 
 
 def create(name: str, options: dict[str, Any] | None = None, device: str = "cpu", weights: str | None = None,
            batch_size: int | None = None) -> Annotator:
     """A new annotator (weights are resolved and loaded lazily, on first use)."""
-    return annotator_class(name)(name, options, device, weights, ANNOTATORS[name].preset, batch_size)
+    return annotator_class(name)(name, options, device, weights, ANNOTATORS.get(name).preset, batch_size)
 
 
 def get(name: str, options: dict[str, Any] | None = None, device: str = "cpu", weights: str | None = None,
@@ -88,3 +61,7 @@ def availability(name: str, weights: str | None = None) -> tuple[bool, str]:
 
 __all__ = ["ANNOTATORS", "Annotation", "Annotator", "AnnotatorError", "ENV_DIR", "MissingWeights",
            "ResolvedWeights", "WeightSpec", "annotator_class", "availability", "create", "fetch", "get", "resolve"]
+
+
+# Last, since the annotator modules import this package's base classes: importing them registers their names.
+from . import depth, edges, pose, segmentation, subjects  # noqa: E402,F401

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from x2i.engine.registry import register_annotator
+
 from .base import Annotation, Annotator, bucketed, import_controlnet_aux, resize_short
 from .edges import ANNOTATORS_REPO
 from .weights import ResolvedWeights, WeightSpec
@@ -118,3 +120,9 @@ class TransformersDepth(Annotator):
         # The processor keeps the aspect ratio, so only same-size images can share a batch.
         depths = bucketed(arrays, self.batch_size, run)
         return [_normalise(d, im.size) for d, im in zip(depths, images)]
+
+
+# The names this module serves (x2i/engine/registry.py); a preset is the options a name stands for.
+register_annotator("depth_midas", MidasDepth)
+register_annotator("depth_dpt", TransformersDepth, {"repo": "Intel/dpt-large"})
+register_annotator("depth_anything", TransformersDepth, {"repo": "depth-anything/Depth-Anything-V2-Small-hf"})

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from x2i.engine.registry import register_annotator
+
 from .base import Annotation, Annotator, bucketed, import_controlnet_aux, resize_short
 from .weights import ResolvedWeights, WeightSpec
 
@@ -158,3 +160,10 @@ class Lineart(_TorchEdges):
             line = self._model(x)[:, 0]
             maps = (line * 255.0).clamp(0, 255).to(torch.uint8).cpu().numpy()
         return [255 - m for m in maps]  # dark lines on white out of the net; ControlNet wants white on black
+
+
+# The names this module serves (x2i/engine/registry.py); a preset is the options a name stands for.
+register_annotator("canny", Canny)
+register_annotator("lineart_standard", LineartStandard)
+register_annotator("hed", HED)
+register_annotator("lineart", Lineart)

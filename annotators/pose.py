@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from x2i.engine.registry import register_annotator
+
 from .base import Annotation, Annotator, import_controlnet_aux, resize_short
 from .edges import ANNOTATORS_REPO
 from .weights import ResolvedWeights, WeightSpec
@@ -83,3 +85,8 @@ class OpenPose(Annotator):
             out.append(Annotation(Image.fromarray(canvas, "RGB"),
                                   info={"people": len(poses), "body_keypoints": keypoints}))
         return out
+
+
+# The names this module serves (x2i/engine/registry.py); a preset is the options a name stands for.
+register_annotator("openpose", OpenPose)
+register_annotator("openpose_full", OpenPose, {"include_hand": True, "include_face": True})

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from x2i.engine.registry import register_annotator
+
 from .base import Annotation, Annotator, AnnotatorError, bucketed, import_controlnet_aux
 from .depth import TRANSFORMERS_FILES, load_transformers
 from .weights import ResolvedWeights, WeightSpec
@@ -127,3 +129,8 @@ class SamBoxMasks(Annotator):
             scores = result.iou_scores.float().cpu().numpy().reshape(len(bxs), -1)[:, 0]
             out.append(([m[0].numpy().astype(bool) for m in masks], [round(float(s), 4) for s in scores]))
         return out
+
+
+# The names this module serves (x2i/engine/registry.py); a preset is the options a name stands for.
+register_annotator("seg_upernet", SemanticSegmentation)
+register_annotator("sam", SamBoxMasks)

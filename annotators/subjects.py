@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from x2i.engine.registry import register_annotator
+
 from .base import Annotation, Annotator, AnnotatorError
 from .depth import TRANSFORMERS_FILES
 from .weights import ResolvedWeights, WeightSpec
@@ -158,3 +160,8 @@ class GroundingDinoDetector(Annotator):
                         for b, s, lab in zip(res["boxes"].tolist(), res["scores"].tolist(), labels)]
                 out.append(sorted(dets, key=lambda d: -d["score"])[: self.options.max_boxes])
         return out
+
+
+# The names this module serves (x2i/engine/registry.py); a preset is the options a name stands for.
+register_annotator("grabcut", GrabCutBoxMasks)
+register_annotator("grounding_dino", GroundingDinoDetector)

@@ -1,6 +1,7 @@
-"""Subject-driven build throughput: the x2i pipeline vs a bare loop, and Ray with 2 workers vs 1.
+"""Subject-driven build throughput: the x2i pipeline vs a bare loop, Ray with 2 workers vs 1, Ray start-up, and a
+two-node Ray cluster vs the local process pool.
 
-    python bench/bench_build.py [--scenes 800] [--per-shard 200] [--repeats 3] [--skip-ray]
+    python bench/bench_build.py [--scenes 800] [--per-shard 200] [--repeats 3] [--skip-ray] [--skip-cluster]
 
 All figures come from one run on the same inputs (a shapes world at 512 px written in GRIT/img2dataset format):
 - pipeline: `build()` with the local executor, one process, samples/s written;
@@ -8,6 +9,10 @@ All figures come from one run on the same inputs (a shapes world at 512 px writt
   (read from the pipeline's output meta), no validation, no manifests, no rejects;
 - Ray: `build(executor="ray")` with 1 and then 2 worker CPUs (Ray started before timing, so start-up cost
   is not counted in either).
+- Ray start-up: a private local Ray started, two trivial tasks run, stopped, with the ray.init arguments x2i
+  used before (a runtime env, worker logs forwarded) and with x2i.engine.ray_executor's (issue 15).
+- cluster: two Ray nodes on this machine (ray.cluster_utils, one CPU each) joined with `ray_address`, against
+  the local process pool, both with 2 workers; the first Ray build includes connecting to the cluster.
 Goals (issue 2): pipeline >= 0.8x the bare loop; 2 Ray workers >= 1.8x one.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ def build_once(recipe, out: Path, **kw) -> tuple[int, float]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     manifest = build(recipe, out, progress=False, **kw)
-    return manifest["rows"], time.perf_counter() - start
+    return manifest.rows, time.perf_counter() - start
 
 
 def bare_loop(images_dir: Path, crops: dict[str, list[list[list[int]]]], out: Path, quality: int = 95) -> tuple[int, float]:
@@ -87,16 +92,16 @@ def main() -> None:
     ap.add_argument("--per-shard", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--skip-cluster", action="store_true", help="skip the Ray start-up and 2-node cluster figures")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="x2i-bench-"))
     os.environ.setdefault("X2I_CACHE", str(work / "cache"))
-    from x2i.engine.recipe import load_recipe
+    from x2i.engine.recipe import resolve_recipe
     from x2i.shapes.embedded import embedded_source
 
     options = {"scenes": args.scenes, "per_shard": args.per_shard, "size": 512, "photos": False}
     images_dir = embedded_source("grit", options)  # written before timing starts
-    recipe = load_recipe("subject-driven")
-    recipe.source.options = {"embedded": options}
+    recipe, _ = resolve_recipe("subject-driven", {"source.options": {"embedded": options}})
     results = {}
 
     # Alternate the two, several times, and keep each one's median: other load on the machine hits both alike.
@@ -111,17 +116,26 @@ def main() -> None:
     for name, secs in times.items():
         results[name] = (rows, statistics.median(secs))
 
+    if not (args.skip_ray and args.skip_cluster):
+        # Every Ray here is private: its files and address under our own RAY_TMPDIR, so no `ray.init()` finds
+        # another cluster running on this machine, nor another's ours; auth explicit, as no node here needs it.
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="x2i-rb-", dir="/tmp")
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not args.skip_ray:
         import ray
 
         for workers in (1, 2):
-            ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False,
-                     runtime_env={"env_vars": {"X2I_CACHE": os.environ["X2I_CACHE"]}})
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, configure_logging=False,
+                     log_to_driver=False)  # its raylet inherits X2I_CACHE from this process
             build_once(recipe, work / "ray-warmup", executor="ray", workers=workers, limit=args.per_shard * workers)
             secs = [build_once(recipe, work / f"ray{workers}", executor="ray", workers=workers)[1]
                     for _ in range(args.repeats)]
             results[f"ray{workers}"] = (rows, statistics.median(secs))
             ray.shutdown()
+
+    if not args.skip_cluster:
+        startup = ray_startup(args.repeats)
+        results.update(cluster_vs_pool(recipe, work, args.repeats, rows))
 
     rate = {k: r / s for k, (r, s) in results.items()}
     print(f"inputs: {args.scenes} shapes-world scenes at 512 px, {args.scenes // args.per_shard} partitions; "
@@ -131,7 +145,76 @@ def main() -> None:
     print(f"pipeline / bare loop = {rate['pipeline'] / rate['bare']:.2f}x (goal >= 0.8)")
     if "ray2" in rate:
         print(f"ray 2 workers / 1 worker = {rate['ray2'] / rate['ray1']:.2f}x (goal >= 1.8)")
+    if not args.skip_cluster:
+        for name, (start, first, stop) in startup.items():
+            print(f"  private local Ray, {name:6s}: start {start:5.2f} s + first tasks {first:5.2f} s + stop "
+                  f"{stop:5.2f} s = {start + first + stop:5.2f} s")
+        print(f"ray on a 2-node cluster / local pool, 2 workers each = {rate['cluster'] / rate['pool2']:.2f}x "
+              f"(first build, connecting included: {rate['cluster_first'] / rate['pool2']:.2f}x)")
     shutil.rmtree(work, ignore_errors=True)
+    if "RAY_TMPDIR" in os.environ:
+        shutil.rmtree(os.environ["RAY_TMPDIR"], ignore_errors=True)
+
+
+def ray_startup(repeats: int) -> dict[str, tuple[float, float, float]]:
+    """Median (start, first two tasks, stop) seconds of a private local Ray with 2 CPUs, before and after."""
+    import ray
+
+    from x2i.engine.ray_executor import RayExecutor
+
+    def before() -> tuple[float, float, float]:
+        t0 = time.perf_counter()  # the arguments x2i passed before issue 15
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("X2I_")}})
+        t1 = time.perf_counter()
+        ray.get([ray.remote(num_cpus=1)(os.path.basename).remote("a/b") for _ in range(2)])
+        t2 = time.perf_counter()
+        ray.shutdown()
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    def after() -> tuple[float, float, float]:
+        executor = RayExecutor(workers=2)
+        t0 = time.perf_counter()
+        try:
+            list(executor.map_unordered(os.path.basename, ["a/b", "c/d"]))
+        finally:
+            executor.close()
+        total = time.perf_counter() - t0
+        start, stop = executor.timings["start_s"], executor.timings["stop_s"]
+        return start, total - start - stop, stop
+
+    runs: dict[str, list[tuple[float, float, float]]] = {"before": [], "after": []}
+    for _ in range(repeats):
+        runs["before"].append(before())
+        runs["after"].append(after())
+    return {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in runs.items()}
+
+
+def cluster_vs_pool(recipe, work: Path, repeats: int, rows: int) -> dict[str, tuple[int, float]]:
+    """A 2-node Ray cluster (one CPU per node) vs the process pool, 2 workers each, alternated."""
+    from ray.cluster_utils import Cluster
+
+    import ray
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        out: dict[str, tuple[int, float]] = {}
+        times: dict[str, list[float]] = {"pool2": [], "cluster": []}
+        for i in range(repeats + 1):
+            n, secs = build_once(recipe, work / "cluster", executor="ray", workers=2, ray_address=cluster.address)
+            assert n == rows, (n, rows)
+            if i == 0:
+                out["cluster_first"] = (rows, secs)
+                continue
+            times["cluster"].append(secs)
+            times["pool2"].append(build_once(recipe, work / "pool2", workers=2)[1])
+        out.update({k: (rows, statistics.median(v)) for k, v in times.items()})
+        return out
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 if __name__ == "__main__":

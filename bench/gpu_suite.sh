@@ -63,6 +63,11 @@ fi
 mkdir -p "$SHIM/x2i"
 for f in "$REPO"/x2i/*; do ln -s "$f" "$SHIM/x2i/"; done
 for d in builders annotators model manifests; do ln -s "$REPO/$d" "$SHIM/x2i/$d"; done
+# The engine finds builders and annotators through the `x2i.plugins` entry points (pyproject.toml), which an
+# installed x2i declares in its dist-info: give the shim the same two lines.
+mkdir -p "$SHIM/x2i-0.0.0.dist-info"
+printf 'Metadata-Version: 2.1\nName: x2i\nVersion: 0.0.0\n' > "$SHIM/x2i-0.0.0.dist-info/METADATA"
+printf '[x2i.plugins]\nannotators = x2i.annotators\nbuilders = x2i.builders\n' > "$SHIM/x2i-0.0.0.dist-info/entry_points.txt"
 # The shim first: it must win over any installed x2i (e.g. an editable install of another checkout).
 export PYTHONPATH="$SHIM:$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 # (From $TMP: `python -c` puts the cwd first on sys.path, and the checkout's bare x2i/ would win there.)

@@ -1,49 +1,19 @@
 """Builders: named lists of steps that turn source samples into X2I task samples.
 
 A builder declares the source formats it reads, its parameter dataclass (recipe `params`, strict keys) and
-its steps. Extra steps named in a recipe's `steps:` list (curation, filters) come from `STEPS`. Builders never
-import Ray: the executor runs the same steps in-process or in Ray tasks.
+its steps, and registers its name where it is defined (`@register_builder("layout")`, x2i/engine/registry.py).
+Importing this package imports every builder module, which is how the registry finds them: pyproject.toml names
+this package as an `x2i.plugins` entry point. Extra steps named in a recipe's `steps:` list (curation, filters)
+are registered by their own modules (`@register_step`). Builders never import Ray: the executor runs the same
+steps in-process or in Ray tasks.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from x2i.core.config import ConfigError, from_dict
+from x2i.core.config import from_dict
 from x2i.core.errors import X2IError
+from x2i.engine.plan import make_builder, make_steps  # noqa: F401  (the registry's factories, for callers here)
 from x2i.engine.recipe import Recipe
 from x2i.engine.steps import Step
-
-# builder name -> "module:Class" (imported on use)
-BUILDERS: dict[str, str] = {
-    "subject_driven": "x2i.builders.subject_driven:SubjectDrivenBuilder",
-    "omnigen_import": "x2i.builders.omnigen_import:OmniGenImportBuilder",
-    "text_to_image": "x2i.builders.text_to_image:TextToImageBuilder",
-    "image_edit": "x2i.builders.image_edit:ImageEditBuilder",
-    "vision": "x2i.builders.vision_control:VisionBuilder",
-    "control": "x2i.builders.vision_control:ControlBuilder",
-    "referring_segmentation": "x2i.builders.referring_segmentation:ReferringSegmentationBuilder",
-    "layout": "x2i.builders.layout:LayoutBuilder",
-    "few_shot": "x2i.builders.few_shot:FewShotBuilder",
-    "in_context": "x2i.builders.in_context:InContextBuilder",
-    "shapes_proof": "x2i.builders.shapes_proof:ShapesProofBuilder",
-}
-
-# recipe step name -> "module:Class"; each class has a `Params` dataclass and takes it in __init__
-STEPS: dict[str, str] = {
-    "aesthetic": "x2i.curation.scores:AestheticStep",
-    "clip_score": "x2i.curation.scores:ClipScoreStep",
-    "dedup": "x2i.curation.dedup:DedupStep",
-    "meta_threshold": "x2i.curation.filters:MetaThresholdStep",
-    "size_filter": "x2i.curation.filters:SizeFilterStep",
-    "caption_clean": "x2i.curation.filters:CaptionCleanStep",
-    "copy_paste": "x2i.curation.copy_paste:CopyPasteStep",
-}
-
-
-def _load(target: str) -> Any:
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 class Builder:
@@ -69,21 +39,6 @@ class Builder:
         return []
 
 
-def make_builder(recipe: Recipe) -> Builder:
-    target = BUILDERS.get(recipe.builder)
-    if target is None:
-        raise X2IError(f"unknown builder {recipe.builder!r}; known: {sorted(BUILDERS)}")
-    return _load(target)(recipe)
-
-
-def make_steps(configs: list[dict[str, Any]]) -> list[Step]:
-    """The extra steps a recipe lists: `[{name: dedup, by: sha256}, ...]`."""
-    steps = []
-    for i, cfg in enumerate(configs):
-        cfg = dict(cfg)
-        name = cfg.pop("name", None)
-        if name not in STEPS:
-            raise ConfigError(f"steps[{i}]: unknown step {name!r}; known: {sorted(STEPS)}")
-        cls = _load(STEPS[name])
-        steps.append(cls(from_dict(cls.Params, cfg, f"steps[{i}]")))
-    return steps
+# Last, since each builder subclasses Builder: importing them registers their names.
+from x2i.builders import (few_shot, image_edit, in_context, layout, omnigen_import,  # noqa: E402,F401
+                          referring_segmentation, shapes_proof, subject_driven, text_to_image, vision_control)

@@ -25,12 +25,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from x2i.builders import BUILDERS, Builder, _load
+from x2i.builders import Builder
 from x2i.core.config import from_dict
 from x2i.core.errors import X2IError
 from x2i.core.prompt import check, placeholder, renumber
 from x2i.engine.recipe import Recipe
 from x2i.core.sample import Sample
+from x2i.engine.registry import BUILDERS, register_builder
 from x2i.engine.steps import Context, Step
 
 # (example format, query format): {n} example number, {instruction}, {output} placeholder; {query}.
@@ -158,6 +159,7 @@ def image_digests(sample: Sample) -> frozenset[bytes]:
                      for im in [*sample.input_images, sample.output_image])
 
 
+@register_builder("few_shot")
 class FewShotBuilder(Builder):
     name = "few_shot"
     source_formats = ("grit",)  # replaced by the base builder's formats
@@ -175,7 +177,7 @@ class FewShotBuilder(Builder):
             raise X2IError(f"params.examples: expected [min, max] with 1 <= min <= max, got {p.examples}")
         if p.max_input_images < 1 or p.pool_size < 2:
             raise X2IError("params.max_input_images must be >= 1 and params.pool_size >= 2")
-        base_cls = _load(BUILDERS[p.task])
+        base_cls = BUILDERS.get(p.task)
         if recipe.source.format not in base_cls.source_formats:
             hint = next((f for f in ("grit", "magicbrush") if f in base_cls.source_formats),  # embedded samples
                         base_cls.source_formats[0])

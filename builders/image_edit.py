@@ -25,6 +25,7 @@ from x2i.core.imageio import FitTransform, fit
 from x2i.core.masks import changed_fraction, diff_mask, encode_mask, mask_from_image
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "image_edit"
@@ -108,6 +109,7 @@ class ImageEditStep(MapStep):
         return edited.with_id({"kind": meta.get("edit_kind")})
 
 
+@register_builder("image_edit")
 class ImageEditBuilder(Builder):
     name = TASK
     source_formats = EDIT_FORMATS

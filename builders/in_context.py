@@ -31,6 +31,7 @@ from x2i.core.errors import X2IError
 from x2i.core.imageio import encode, fit
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "in_context"
@@ -337,6 +338,7 @@ class InContextStep(MapStep):
         return TEMPLATES[template].format(clauses=clauses, refs=joined, caption=caption.strip(), noun=noun).strip()
 
 
+@register_builder("in_context")
 class InContextBuilder(Builder):
     name = TASK
     source_formats = ("video", "image_groups")

@@ -21,6 +21,7 @@ from x2i.builders.vision_control import condition_size, png
 from x2i.core.imageio import fit
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "layout"
@@ -131,6 +132,7 @@ class LayoutStep(MapStep):
                             "min_confidence": self.p.min_confidence, "max_box_area": self.p.max_box_area})
 
 
+@register_builder("layout")
 class LayoutBuilder(Builder):
     name = TASK
     source_formats = ("grit",)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from x2i.builders import Builder
 from x2i.core.imageio import fit
 from x2i.core.sample import Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 
 
@@ -34,6 +35,7 @@ class ImportStep(MapStep):
         return sample
 
 
+@register_builder("omnigen_import")
 class OmniGenImportBuilder(Builder):
     name = "omnigen_import"
     source_formats = ("omnigen",)

@@ -21,6 +21,7 @@ from x2i.core.errors import X2IError
 from x2i.core.imageio import FitTransform, encode, fit
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 
 TASK = "referring_segmentation"
@@ -175,6 +176,7 @@ class ReferringStep(MapStep):
         return out.with_id({"span": span, "mask_source": info["mask_source"], "color": color})
 
 
+@register_builder("referring_segmentation")
 class ReferringSegmentationBuilder(Builder):
     name = TASK
     source_formats = ("grit",)

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from x2i.builders import Builder
+from x2i.engine.registry import register_builder
 from x2i.core.imageio import encode
 from x2i.core.masks import encode_mask
 from x2i.core.prompt import placeholder
@@ -137,6 +138,7 @@ class ShapesProofStep(MapStep):
         return out.with_id({"proof": self.p.proof, "world_seed": self.p.world_seed, "size": self.p.size})
 
 
+@register_builder("shapes_proof")
 class ShapesProofBuilder(Builder):
     name = "shapes_proof"
     source_formats = ("laion",)

@@ -28,6 +28,7 @@ from x2i.core.imageio import FitTransform, encode, fit, fit_pil
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
 from x2i.builders import Builder
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
 from x2i.core.boxes import iou
 
@@ -305,6 +306,7 @@ class SubjectDrivenStep(MapStep):
         return group if len(group) >= 2 else []
 
 
+@register_builder("subject_driven")
 class SubjectDrivenBuilder(Builder):
     name = TASK
     source_formats = ("grit",)

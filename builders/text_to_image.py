@@ -6,18 +6,24 @@ after X2I's filters, all exclusive and configurable (null disables one):
     pwatermark < max_pwatermark (0.5), punsafe < max_punsafe (0.5).
 The original size is img2dataset's original_width/original_height when recorded (img2dataset may have resized
 the download), else the decoded image's size. A NaN score is rejected as `<column>_nan`, a missing one as
-`<column>_missing`. The source's aesthetic score and CLIP similarity fill the `aesthetic` / `clip_score`
+`<column>_missing`. A filter that is on needs its column in every source file (else the build stops before any
+work, naming the parameter that turns it off); one that is off (null) needs none, so a plain URL + caption list
+builds with the three score filters set to null. In download mode the score filters and LAION's WIDTH/HEIGHT
+(shorter side <= min_side) run on the metadata before the fetch: a row they reject is never downloaded.
+The source's aesthetic score and CLIP similarity fill the `aesthetic` / `clip_score`
 columns (with their provenance in meta) until a curation step recomputes them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe, threshold_reason
 from x2i.core.imageio import fit
 from x2i.core.sample import RejectSample, Sample
-from x2i.engine.steps import Context, MapStep, Step
+from x2i.engine.registry import register_builder
+from x2i.engine.steps import Context, FilterStep, MapStep, Step
 
 TASK = "text_to_image"
 
@@ -30,6 +36,47 @@ class TextToImageParams:
     max_punsafe: float | None = 0.5  # keep NSFW probability < this
 
 
+# The score filters: (meta column, params field of its lower bound, of its upper bound).
+SCORE_FILTERS = (("aesthetic", "min_aesthetic", None), ("pwatermark", None, "max_pwatermark"),
+                 ("punsafe", None, "max_punsafe"))
+
+
+def needed_columns(p: TextToImageParams) -> dict[str, str]:
+    """column -> the parameter whose filter reads it, for the filters that are on."""
+    return {column: f"params.{lo or hi}" for column, lo, hi in SCORE_FILTERS if getattr(p, lo or hi) is not None}
+
+
+def score_reason(p: TextToImageParams, meta: dict[str, Any]) -> tuple[str, str] | None:
+    for column, lo, hi in SCORE_FILTERS:
+        low, high = (getattr(p, lo) if lo else None), (getattr(p, hi) if hi else None)
+        if low is None and high is None:
+            continue
+        why = threshold_reason(column, meta.get(column), low, high)
+        if why:
+            return why
+    return None
+
+
+class MetadataFilterStep(FilterStep):
+    """Download mode, before the fetch: the score filters, and min_side on LAION's WIDTH/HEIGHT when the row
+    gives them (the decoded size is checked again after the download, as in every mode)."""
+
+    name = TASK  # rejects carry the builder's step name, as when the same checks ran after the download
+
+    def __init__(self, params: TextToImageParams):
+        self.p = params
+
+    def reason(self, sample: Sample, ctx: Context):
+        why = score_reason(self.p, sample.meta)
+        if why:
+            return why
+        w, h = sample.meta.get("laion_width"), sample.meta.get("laion_height")
+        if self.p.min_side is not None and isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 \
+                and not min(w, h) > self.p.min_side:
+            return "too_small", f"LAION WIDTH x HEIGHT {w}x{h}: shorter side <= {self.p.min_side}"
+        return None
+
+
 class TextToImageStep(MapStep):
     name = TASK
 
@@ -39,14 +86,9 @@ class TextToImageStep(MapStep):
 
     def _check(self, sample: Sample) -> tuple[int, int]:
         m = sample.meta
-        checks = (("aesthetic", self.p.min_aesthetic, None), ("pwatermark", None, self.p.max_pwatermark),
-                  ("punsafe", None, self.p.max_punsafe))
-        for column, lo, hi in checks:
-            if lo is None and hi is None:
-                continue
-            why = threshold_reason(column, m.get(column), lo, hi)
-            if why:
-                raise RejectSample(*why)
+        why = score_reason(self.p, m)
+        if why:
+            raise RejectSample(*why)
         ow, oh = m.get("original_width"), m.get("original_height")
         if not (isinstance(ow, int) and isinstance(oh, int) and ow > 0 and oh > 0):
             ow, oh = sample.output_image.size
@@ -72,11 +114,20 @@ class TextToImageStep(MapStep):
         return out.with_id()
 
 
+@register_builder("text_to_image")
 class TextToImageBuilder(Builder):
     name = TASK
     source_formats = ("laion",)
     Params = TextToImageParams
 
     def steps(self) -> list[Step]:
+        from x2i.sources.laion import FetchStep, require_columns
+
+        source = self.recipe.source
+        require_columns(source, needed_columns(self.params))  # before any work (cached per process)
         o = self.recipe.output
-        return [TextToImageStep(self.params, o.max_side, o.multiple, o.jpeg_quality)]
+        fit_step = TextToImageStep(self.params, o.max_side, o.multiple, o.jpeg_quality)
+        options = source.options or {}
+        if options.get("download"):
+            return [MetadataFilterStep(self.params), FetchStep(options.get("downloader") or {}), fit_step]
+        return [fit_step]

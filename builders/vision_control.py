@@ -27,6 +27,7 @@ from x2i.core.errors import X2IError
 from x2i.core.imageio import EncodedImage, FitTransform, encode, fit_size
 from x2i.core.prompt import placeholder
 from x2i.core.sample import Sample
+from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, Step, batched, is_environment_error
 
 CONDITION_KINDS = ("edge", "depth", "pose", "segmentation")
@@ -373,11 +374,13 @@ class _ConditionBuilder(Builder):
         return self._notes
 
 
+@register_builder("vision")
 class VisionBuilder(_ConditionBuilder):
     name = "vision"
     direction = "vision"
 
 
+@register_builder("control")
 class ControlBuilder(_ConditionBuilder):
     name = "control"
     direction = "control"

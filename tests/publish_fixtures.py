@@ -1,4 +1,4 @@
-"""Datasets for the publish / gallery / notebook tests (imported by the conftest.py of each of those folders).
+"""Datasets for the publish / gallery / notebook tests (their fixtures are imported by tests/conftest.py).
 
 - `write_mixed_dataset(out)`: a small dataset written directly with `PartitionWriter`, so it does not depend on
   builders that live in other branches: tasks with 0, 1 and 3 input images, two tasks of one family with a slash
@@ -107,7 +107,7 @@ def write_mixed_dataset(out: Path) -> Path:
         "recipe": {"name": "mixed-test", "builder": "handmade", "seed": 0,
                    "source": {"format": "shapes", "path": SECRET_DIR}, "output": {"multiple": 16}},
         "source": {"format": "shapes", "path": SECRET_DIR, "embedded": False},
-        "notes": [], "rows": sum(t["rows"] for t in tasks.values()), "tasks": dict(sorted(tasks.items())),
+        "notes": [], "limit": None, "rows": sum(t["rows"] for t in tasks.values()), "tasks": dict(sorted(tasks.items())),
         "source_samples": 40, "rejects": {"too_small": 2, "no_entity": 1}, "rejects_total": 3,
         "rejects_files": ["rejects/part-00000.parquet"], "shards": sorted(shards, key=lambda s: s["path"]),
         "partitions": [],
@@ -137,7 +137,7 @@ def set_cache(tmp_path_factory) -> None:
     os.environ.setdefault("X2I_CACHE", str(shared_dir(tmp_path_factory, "x2i-cache")))
 
 
-# -- pytest fixtures (imported by tests/{publish,gallery,notebooks}/conftest.py) -----------------------------------
+# -- pytest fixtures (imported by tests/conftest.py) -----------------------------------
 import pytest  # noqa: E402
 
 

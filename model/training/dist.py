@@ -109,3 +109,12 @@ def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> li
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(obj):
+    """Every rank's `obj`, in rank order ([obj] when not distributed): resume state and per-rank counters."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

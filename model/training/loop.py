@@ -317,11 +317,11 @@ class Trainer:
 
     def save(self) -> Path:
         states = {}
-        for part in _gather(self.loader_states):
+        for part in xdist.gather_objects(self.loader_states):
             states.update(part)
         state = {"step": self.step, "world_size": self.info.world_size,
                  "batches_per_rank": self.step * self.c.optim.grad_accum, "loader": states,
-                 "stream_counts": _gather(self.stream_counts),  # per rank
+                 "stream_counts": xdist.gather_objects(self.stream_counts),  # per rank
                  "mix_fingerprint": self.mix.fingerprint()}
         self.last_checkpoint = save_checkpoint(
             self.run_dir, self.step, self.module, self.optimizer, self.ema, self.generator, state,
@@ -351,14 +351,6 @@ def _fqn(name: str) -> str:
     return name.removeprefix("module.").removeprefix("model.")
 
 
-def _gather(obj: Any) -> list[Any]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:

@@ -19,7 +19,8 @@ The mix is split into *streams*, one per (dataset, task). Each stream gets a pro
   reported, never silently dropped.
 OmniGen's later-stage mix: {text_to_image: 0.5, subject_driven: 0.2, control: 0.1, image_edit: 0.1, other: 0.1}.
 
-Relative paths resolve against the current directory. Everything is checked before training starts: a missing
+Relative paths resolve against the current directory; a dataset may also be an object-store URI (s3://, gs://,
+hf://: x2i/core/storage.py), whose shards the loader streams from the store. Everything is checked before training starts: a missing
 manifest or shard is an error naming it, and a shard whose SHA-256 differs from its manifest is refused.
 Verified checksums are remembered in `$X2I_CACHE/verified-shards.json` (keyed by path, size and mtime), so a
 re-run does not hash terabytes again.
@@ -37,6 +38,8 @@ from typing import Any, Literal
 
 from x2i.core.config import ConfigError, from_dict, read_yaml
 from x2i.core.errors import X2IError
+from x2i.core.storage import Storage, check_target, is_uri
+from x2i.engine.manifest import MANIFEST, Manifest, read_manifest
 from x2i.engine.shards import file_sha256
 
 
@@ -164,7 +167,8 @@ def _verify_checksums(items: list[tuple[Path, str, str]], workers: int = 4) -> N
 
     todo = [(p, want, m) for p, want, m in items if cache.get(key(p)) != want]
     with ThreadPoolExecutor(max(1, min(workers, len(todo)))) as pool:
-        digests = list(pool.map(lambda item: file_sha256(item[0]), todo))
+        digests = list(pool.map(lambda item: item[0].sha256() if isinstance(item[0], _ObjectPath)
+                                else file_sha256(item[0]), todo))
     for (p, want, manifest), got in zip(todo, digests):
         if got != want:
             raise X2IError(f"shard {p} does not match its manifest {manifest}: sha256 is {got[:16]}..., the "
@@ -181,30 +185,71 @@ def _verify_checksums(items: list[tuple[Path, str, str]], workers: int = 4) -> N
             pass  # a cache we cannot write only costs time next run
 
 
-def _row_groups(path: Path) -> list[int]:
+class _ObjectPath:
+    """A file on an object store with the few Path methods resolve_mix and the checksum cache use."""
+
+    def __init__(self, store: Storage, rel: str = ""):
+        self.store, self.rel = store, rel
+
+    def __truediv__(self, rel: str) -> _ObjectPath:
+        return _ObjectPath(self.store, f"{self.rel}/{rel}".strip("/"))
+
+    def __str__(self) -> str:
+        return self.store.uri_of(self.rel)
+
+    @property
+    def parent(self) -> _ObjectPath:
+        return _ObjectPath(self.store, self.rel.rpartition("/")[0])
+
+    @property
+    def name(self) -> str:
+        return str(self).rstrip("/").rsplit("/", 1)[-1]
+
+    def resolve(self) -> _ObjectPath:
+        return self
+
+    def is_file(self) -> bool:
+        return self.store.size(self.rel) is not None
+
+    def stat(self):
+        import types
+
+        info = self.store.fs.get_file_info(self.store.path(self.rel))
+        return types.SimpleNamespace(st_size=info.size, st_mtime_ns=info.mtime_ns or 0)
+
+    def read_text(self) -> str:
+        return self.store.read_bytes(self.rel).decode()
+
+    def open_input(self):
+        return self.store.open_input(self.rel)
+
+    def sha256(self) -> str:
+        return self.store.sha256(self.rel)
+
+
+def _row_groups(path: Path | _ObjectPath) -> list[int]:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
+        meta = pq.ParquetFile(path.open_input() if isinstance(path, _ObjectPath) else path).metadata
     except Exception as exc:  # noqa: BLE001 - any unreadable footer is the same user problem
         raise X2IError(f"shard {path} is not a readable Parquet file: {exc}") from None
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 
 
-def _read_manifest(spec: str) -> tuple[Path, dict[str, Any]]:
-    path = Path(spec).expanduser()
-    if path.is_dir() or path.suffix != ".json":
-        path = path / "manifest.json"
+def _read_manifest(spec: str) -> tuple[Path | _ObjectPath, Manifest]:
+    check_target(spec)
+    if is_uri(spec):
+        path = _ObjectPath(Storage.for_uri(spec.rstrip("/").removesuffix(f"/{MANIFEST}")), MANIFEST)
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir() or path.suffix != ".json":
+            path = path / MANIFEST
     if not path.is_file():
         raise X2IError(f"mix dataset manifest {path.resolve()} not found (build the dataset first, e.g. "
                        "`x2i build --task ... --out DIR`, and name DIR or DIR/manifest.json in the mix)")
-    try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        raise X2IError(f"{path}: not a JSON manifest: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise X2IError(f"{path}: not an x2i manifest (no `shards` list)")
-    return path, manifest
+    # ManifestError (an X2IError) names the file and the bad key; an object store's manifest is read through it.
+    return path, read_manifest(path.store if isinstance(path, _ObjectPath) else path)
 
 
 def _group_of(task: str, keys: list[str]) -> str | None:
@@ -225,32 +270,34 @@ def resolve_mix(config: MixConfig) -> Mix:
     for i, d in enumerate(config.datasets):
         manifest_path, manifest = _read_manifest(d.path)
         root = manifest_path.parent
-        name = d.name or str(manifest.get("name") or root.name)
+        name = d.name or manifest.name or root.name
         if name in names:
             name = f"{name}#{i}"
         names.add(name)
         by_task: dict[str, list[ShardRef]] = {}
-        for entry in manifest["shards"]:
-            if d.tasks is not None and entry["task"] not in d.tasks:
+        for entry in manifest.shards:
+            if d.tasks is not None and entry.task not in d.tasks:
                 continue
-            shard = root / entry["path"]
+            if entry.path.startswith("test/"):  # a holdout split (x2i build --holdout): never trained on
+                continue
+            shard = root / entry.path
             if not shard.is_file():
                 raise X2IError(f"shard {shard} listed in {manifest_path} not found")
-            if config.verify != "none" and shard.stat().st_size != entry["bytes"]:
+            if config.verify != "none" and shard.stat().st_size != entry.bytes:
                 raise X2IError(f"shard {shard} is {shard.stat().st_size} bytes, its manifest {manifest_path} says "
-                               f"{entry['bytes']}: refusing to train on it (rebuild the dataset)")
+                               f"{entry.bytes}: refusing to train on it (rebuild the dataset)")
             if config.verify == "checksum":
-                to_hash.append((shard, entry["sha256"], str(manifest_path)))
+                to_hash.append((shard, entry.sha256, str(manifest_path)))
             groups = _row_groups(shard)
-            if sum(groups) != entry["rows"]:
+            if sum(groups) != entry.rows:
                 raise X2IError(f"shard {shard} holds {sum(groups)} rows, its manifest {manifest_path} says "
-                               f"{entry['rows']}: refusing to train on it")
-            by_task.setdefault(entry["task"], []).append(ShardRef(str(shard.resolve()), entry["rows"], groups))
+                               f"{entry.rows}: refusing to train on it")
+            by_task.setdefault(entry.task, []).append(ShardRef(str(shard.resolve()), entry.rows, groups))
         if d.tasks is not None:
             missing = sorted(set(d.tasks) - set(by_task))
             if missing:
                 raise X2IError(f"{manifest_path}: no rows of task(s) {missing} named in the mix "
-                               f"(the dataset has {sorted({e['task'] for e in manifest['shards']})})")
+                               f"(the dataset has {sorted({e.task for e in manifest.shards})})")
         if not any(s.rows for shards in by_task.values() for s in shards):
             raise X2IError(f"{manifest_path}: the dataset has no rows to train on")
         per_dataset.append((d, name, by_task))

@@ -75,7 +75,10 @@ class MixSampler:
         path = self.mix.streams[s].shards[shard].path
         pf = self._files.get(path)
         if pf is None:
-            pf = self._files[path] = pq.ParquetFile(path)
+            from x2i.core.storage import open_file
+
+            # A shard on an object store (s3://...) is read through x2i/core/storage.py, a row group at a time.
+            pf = self._files[path] = pq.ParquetFile(open_file(path) if "://" in path else path)
             if len(self._files) > 32:
                 self._files.popitem(last=False)
         rows = pf.read_row_group(group, columns=COLUMNS).to_pylist()

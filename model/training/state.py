@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .dist import gather_objects
+
 PREFIX = "step-"
 # The trainer's wrapper module (dist.TrainModule) adds this to every name; files hold the model's own names, so
 # a full fine-tuning checkpoint's model.safetensors + config.json load with x2i.model.modeling.checkpoint.load_model.
@@ -87,14 +89,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _gather_objects(obj: Any) -> list[Any]:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def rng_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -123,7 +117,7 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     weights = {k.removeprefix(PARAM_PREFIX): v for k, v in get_model_state_dict(model, options=options).items()}
     osd = get_optimizer_state_dict(model, optimizer, options=options)
     ema_state = ema.full_state() if ema is not None else None
-    rngs = _gather_objects(rng_state(generator))
+    rngs = gather_objects(rng_state(generator))
     final = run_dir / "checkpoints" / f"{PREFIX}{step:07d}"
     if rank == 0:
         if trainable_only:

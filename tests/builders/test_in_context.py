@@ -31,7 +31,7 @@ def built(tmp_path_factory):
 
 def test_rows_validate_and_load(built):
     out, manifest, rows = built
-    assert manifest["rows"] == len(rows) >= 30
+    assert manifest.rows == len(rows) >= 30
     assert validate(out).ok
     datasets = pytest.importorskip("datasets")
     ds = datasets.load_dataset("parquet", data_files=str(out / "data/**/*.parquet"), split="train")
@@ -62,7 +62,7 @@ def test_copy_paste_rate_is_low(built):
     out, manifest, rows = built
     cp = compute(out)["copy_paste"]["in_context"]
     assert cp["rows_checked"] == len(rows) and cp["rate"] <= 0.10
-    assert manifest["post_build"]["copy_paste"]["rate"] <= 0.10
+    assert manifest.post_build["copy_paste"]["rate"] <= 0.10
 
 
 def test_inputs_are_cut_out_subjects(built):
@@ -104,8 +104,8 @@ def test_detector_random_weights_published_layout(tmp_path):
                              detector_options={"box_threshold": 0.0, "text_threshold": 0.0}).to_dict()
     data["source"] = {"format": "video", "path": str(root), "options": {"max_frames": 12}}
     manifest = build(Recipe.from_dict(data), tmp_path / "out", progress=False, strict=True, allow_empty=True)
-    assert manifest["source_samples"] == 2  # random boxes pair or are rejected with counted reasons
-    assert manifest["rows"] + sum(manifest["rejects"].values()) > 0
+    assert manifest.source_samples == 2  # random boxes pair or are rejected with counted reasons
+    assert manifest.rows + sum(manifest.rejects.values()) > 0
 
 
 def test_subject_driven_mask_mode_with_sam_random_weights(tmp_path):
@@ -117,7 +117,7 @@ def test_subject_driven_mask_mode_with_sam_random_weights(tmp_path):
                           augment={"flip": 0.5, "rotate": 10})
     manifest = build(Recipe.from_dict(data), tmp_path / "out", limit=3, progress=False, strict=True)
     rows = [r for f in shard_files(tmp_path / "out") for r in iter_rows(f)]
-    assert manifest["rows"] == len(rows) > 0
+    assert manifest.rows == len(rows) > 0
     ents = [e for r in rows for e in json.loads(r["meta"])["entities"]]
     assert {e["mask_source"] for e in ents} <= {"sam", "box"} and all("augment" in e for e in ents)
     assert all(json.loads(r["meta"])["subject_input"] == "mask" for r in rows)

@@ -31,10 +31,10 @@ def test_vision_build_writes_conditions_that_datasets_reads(tmp_path):
     manifest = build(recipe("vision", annotators=["canny", "lineart_standard"]), tmp_path / "out", limit=12,
                      progress=False)
     # every (source image, annotator) pair is a row or a counted reject
-    assert manifest["tasks"]["vision/canny"]["rows"] + manifest["tasks"]["vision/lineart_standard"]["rows"] \
-        + manifest["rejects_total"] == 24
-    assert manifest["tasks"]["vision/canny"]["rows"] >= 10
-    assert manifest["rejects"].get("invalid_sample", 0) == 0
+    assert manifest.tasks["vision/canny"].rows + manifest.tasks["vision/lineart_standard"].rows \
+        + manifest.rejects_total == 24
+    assert manifest.tasks["vision/canny"].rows >= 10
+    assert manifest.rejects.get("invalid_sample", 0) == 0
     samples = list(iter_samples(tmp_path / "out"))
     for s in samples:
         check(s.instruction, 1)
@@ -94,8 +94,8 @@ def test_ids_are_deterministic_and_templates_recorded():
 def test_missing_weights_are_skipped_with_one_note(tmp_path):
     manifest = build(recipe("control", annotators=["canny", "hed", "depth_midas"]), tmp_path / "o", limit=4,
                      progress=False)
-    assert list(manifest["tasks"]) == ["control/canny"]
-    (note,) = manifest["notes"]
+    assert list(manifest.tasks) == ["control/canny"]
+    (note,) = manifest.notes
     assert "hed (missing ControlNetHED.pth)" in note and "depth_midas (missing dpt_hybrid-midas-501f0c75.pt)" in note
 
 

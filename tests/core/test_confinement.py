@@ -126,7 +126,7 @@ def test_import_hostile_task_types_stay_under_out(tmp_path):
     manifest = build(importer(work / "in.jsonl"), work / "out", progress=False)
     assert_only_under(before, snapshot(tmp_path), os.path.join("work", "out"))
     assert not Path("/tmp/x2i-evil-abs").exists() and not (tmp_path / "evil-abs").exists()
-    assert manifest["rejects"] == {}
+    assert manifest.rejects == {}
     rows = rows_of(work / "out")
     assert len(rows) == len(tasks)
     for f in shard_files(work / "out"):
@@ -168,7 +168,7 @@ def test_import_hostile_image_paths_are_rejects(tmp_path):
     got = {r["source_key"]: r["reason"] for r in rejects_of(work / "out")}
     expected = {f"in.jsonl:{k + 1}": reason for k, (_, reason) in enumerate(cases) if reason}
     assert got == expected
-    assert result["manifest"]["rejects"]["image_outside_root"] == 4
+    assert result["manifest"].rejects["image_outside_root"] == 4
 
 
 def test_images_root_default_and_explicit(tmp_path):
@@ -211,7 +211,7 @@ def test_export_hostile_ids_and_tasks_then_round_trip_without_images_flag(tmp_pa
     before = snapshot(tmp_path)  # export -> import with no --images flag: images/ beside the JSONL is the root
     manifest = build(importer(tmp_path / "og" / "data.jsonl"), tmp_path / "back", progress=False, strict=True)
     assert_only_under(before, snapshot(tmp_path), "back")
-    assert manifest["rejects"] == {}
+    assert manifest.rejects == {}
     back = {r["id"]: r for r in rows_of(tmp_path / "back")}
     assert len(back) == len(original)
     for a in original:

@@ -37,6 +37,6 @@ def test_plain_grit_crops_are_copies_and_the_step_drops_them(tmp_path):
     data = load_recipe("subject-driven").to_dict()
     data["steps"] = [{"name": "copy_paste", "threshold": 0.97}]
     manifest = build(Recipe.from_dict(data), tmp_path / "filtered", limit=12, progress=False, strict=True)
-    summary = manifest["post_build"]["copy_paste"]
-    assert manifest["rejects"]["copy_paste"] == summary["dropped"] == summary["copies"]
+    summary = manifest.post_build["copy_paste"]
+    assert manifest.rejects["copy_paste"] == summary["dropped"] == summary["copies"]
     assert summary["rows_checked"] == rate["rows_checked"] and summary["rate"] == pytest.approx(rate["rate"], abs=0.01)

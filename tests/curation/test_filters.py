@@ -48,8 +48,10 @@ def test_meta_threshold_step(tmp_path):
     assert len(kept) == 3 and ctx.reject_counts == {"pwatermark_above_max": 1, "pwatermark_nan": 1}
     kept, _ = run([{"name": "meta_threshold", "field": "ultra.clip_sim_dir", "min": 0.2, "missing": "keep"}], items)
     assert len(kept) == 5
+    kept, ctx = run([{"name": "meta_threshold", "field": "x", "max": None}], items)  # both bounds null: off
+    assert len(kept) == len(items) and not ctx.reject_counts
     with pytest.raises(X2IError):
-        make_steps([{"name": "meta_threshold", "field": "x"}])
+        make_steps([{"name": "meta_threshold", "field": "x", "missing": "drop"}])
     with pytest.raises(ConfigError):
         make_steps([{"name": "meta_threshold", "field": "x", "max": 1, "typo": 2}])
 

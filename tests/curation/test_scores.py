@@ -148,3 +148,13 @@ steps:
     s = manifest["scores"]["text_to_image"]
     assert s["aesthetic"]["count"] == s["clip_score"]["count"] == manifest["rows"]
     assert s["aesthetic"]["max"] < 4.75  # random weights: proof the column holds our score, not LAION's
+
+
+def test_half_precision_towers_get_inputs_in_their_dtype(weights):
+    """open_clip's low precision keeps some parameters (class embedding, logit scale) in fp32; the pixels must
+    take the convolutions' dtype, not the first parameter's (on the H200 an fp16 tower got fp32 pixels)."""
+    clip = load_clip(str(weights / REPO), "cpu", "bf16")
+    assert next(clip.model.parameters()).dtype == torch.float32  # what made the old choice wrong
+    assert clip.dtype == torch.bfloat16
+    emb = clip.images([x.output_image.pil() for x in samples(2)])
+    assert emb.dtype == torch.float32 and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-3)

@@ -14,6 +14,7 @@ from publish_fixtures import SECRET_DIR
 from x2i.cli.main import app
 from x2i.publish.hub import PublishConfig, check_repo_id, config_names, stage
 from x2i.core.schema import HF_FEATURES
+from x2i.engine.manifest import read_manifest
 from x2i.engine.shards import iter_rows, shard_files
 
 datasets = pytest.importorskip("datasets")
@@ -90,7 +91,7 @@ def test_dry_run_folder_loads_per_config(mixed_dataset, tmp_path):
 
 def test_card_metadata_and_provenance(mixed_dataset, tmp_path):
     staged = stage(mixed_dataset, tmp_path / "stage", PublishConfig("me/mixed", license="cc-by-4.0"),
-                   manifest=json.loads((mixed_dataset / "manifest.json").read_text()))
+                   manifest=read_manifest(mixed_dataset))
     text = (tmp_path / "stage" / "README.md").read_text()
     meta = _front_matter(text)
     assert meta["license"] == "cc-by-4.0"

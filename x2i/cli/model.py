@@ -31,39 +31,55 @@ def generate_command(
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute the condition tokens at every step (slower; for checking)."),
 ) -> None:
     """Generate an image with the reference OmniGen model."""
-    import torch
-    from tqdm import tqdm
-
     from x2i.model.inference.pipeline import OmniGenPipeline
     from x2i.model.inference.processor import DEFAULT_NEGATIVE_PROMPT
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if dtype is not None and dtype not in dtypes:
-        raise X2IError(f"--dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+    torch_dtype = _dtype(dtype)
     if not out.parent.is_dir():
         raise X2IError(f"output folder {out.parent} does not exist")
-    pipe = OmniGenPipeline.from_pretrained(model, device=device, dtype=dtypes.get(dtype) if dtype else None,
-                                           offload=offload)
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:  # created at the first step, so input errors are not preceded by a bar
-            bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
-        bar.update(1)
-
-    images = pipe(prompt, [str(p) for p in input_image], height=height, width=width, steps=steps,
-                  guidance_scale=guidance, image_guidance_scale=image_guidance, seed=seed,
-                  negative_prompt=negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
-                  max_input_image_size=max_input_image_size, use_input_image_size_as_output=input_size_as_output,
-                  use_cache=not no_cache, progress=progress)
-    if bar is not None:
-        bar.close()
+    pipe = OmniGenPipeline.from_pretrained(model, device=device, dtype=torch_dtype, offload=offload)
+    with _StepBar() as progress:
+        images = pipe(prompt, [str(p) for p in input_image], height=height, width=width, steps=steps,
+                      guidance_scale=guidance, image_guidance_scale=image_guidance, seed=seed,
+                      negative_prompt=negative_prompt if negative_prompt is not None else DEFAULT_NEGATIVE_PROMPT,
+                      max_input_image_size=max_input_image_size, use_input_image_size_as_output=input_size_as_output,
+                      use_cache=not no_cache, progress=progress)
     try:
         images[0].save(out)
     except (OSError, ValueError) as exc:
         raise X2IError(f"cannot write {out}: {exc}") from None
     typer.echo(f"wrote {out} ({images[0].width}x{images[0].height})")
+
+
+def _dtype(name: str | None):
+    """--dtype as a torch dtype (None: the pipeline's default for the device)."""
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name is not None and name not in dtypes:
+        raise X2IError(f"--dtype must be one of {sorted(dtypes)}, got {name!r}")
+    return dtypes[name] if name else None
+
+
+class _StepBar:
+    """A denoising progress bar, created at the first step so input errors are not preceded by a bar."""
+
+    def __init__(self):
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="denoising", unit="step", leave=False)
+        self.bar.update(1)
+
+    def __enter__(self) -> "_StepBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def register(app: typer.Typer) -> None:

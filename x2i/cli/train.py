@@ -33,8 +33,6 @@ def train_command(
 ) -> None:
     """Train the reference OmniGen model straight off built datasets (a mix of manifests)."""
     from x2i.model.training.config import resolve_train_config
-    from x2i.model.training.loop import Trainer, TrainingStopped
-    from x2i.model.training.mix import load_mix
 
     options = {"model.preset": model, "model.init": str(init) if init else None, "lora.rank": lora_rank,
                "steps": steps, "loader.batch_size": batch_size, "optim.lr": lr, "loader.num_workers": workers,
@@ -42,6 +40,17 @@ def train_command(
                "model.gradient_checkpointing": checkpointing}
     resolved = resolve_train_config(mix, config, options, overrides, run_dir=out,
                                     progress=False if quiet else None)
+    summary = _train(resolved, resume, precompute_latents)
+    if summary is not None:
+        typer.echo(_report(summary, resolved))
+
+
+def _train(resolved, resume: bool, precompute_latents: bool) -> dict | None:
+    """Load the mix, (fill the latent cache,) train, and always release the process group. The main process
+    prints as it goes and gets the summary; other ranks get None."""
+    from x2i.model.training.loop import Trainer, TrainingStopped
+    from x2i.model.training.mix import load_mix
+
     mix_obj = load_mix(resolved.mix)
     trainer = Trainer(resolved, resume=resume, mix=mix_obj)
     if trainer.info.is_main:
@@ -63,8 +72,7 @@ def train_command(
         from x2i.model.training.dist import cleanup
 
         cleanup()
-    if trainer.info.is_main:
-        typer.echo(_report(summary, resolved))
+    return summary if trainer.info.is_main else None
 
 
 def _report(summary: dict, resolved) -> str:

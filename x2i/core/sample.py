@@ -37,6 +37,7 @@ class Sample:
     clip_score: float | None = None
     phash: str | None = None
     id: str = ""
+    split: str = "train"  # "test" for held-out source items (x2i/engine/holdout.py); the shard's folder says it
 
     def with_id(self, params: Any = None) -> "Sample":
         """Set the deterministic id from provenance, task and the parameters that made this sample."""

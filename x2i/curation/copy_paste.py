@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from x2i.core.sample import Sample
+from x2i.engine.manifest import PartitionRecord
+from x2i.engine.registry import register_step
 from x2i.engine.steps import Context, FilterStep
 
 DEFAULT_SCALES = (0.5, 0.63, 0.8, 0.9, 1.0, 1.11, 1.25, 1.6, 2.0)
@@ -123,6 +125,7 @@ class CopyPasteParams:
     drop: bool = True  # false: only record meta.copy_paste
 
 
+@register_step("copy_paste")
 class CopyPasteStep(FilterStep):
     name = "copy_paste"
     Params = CopyPasteParams
@@ -146,15 +149,15 @@ class CopyPasteStep(FilterStep):
             return "copy_paste", f"input {k} appears verbatim in the output (NCC {best} >= {self.p.threshold})"
         return None
 
-    def after_build(self, out: Path, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def after_build(self, out: Path, records: list[PartitionRecord]) -> tuple[list[PartitionRecord], dict[str, Any]]:
         """The build's copy-paste rate (rows checked before dropping), for the manifest's post_build."""
         import pyarrow.parquet as pq
 
-        dropped = sum(r["rejects"].get("copy_paste", 0) for r in records)
+        dropped = sum(r.rejects.get("copy_paste", 0) for r in records)
         kept_copies, kept = 0, 0
         for rec in records:
-            for shard in rec["shards"]:
-                for m in pq.read_table(Path(out) / shard["path"], columns=["meta"]).column("meta").to_pylist():
+            for shard in rec.shards:
+                for m in pq.read_table(Path(out) / shard.path, columns=["meta"]).column("meta").to_pylist():
                     cp = json.loads(m or "{}").get("copy_paste")
                     if cp is not None:
                         kept += 1

@@ -12,7 +12,9 @@ Two passes, one rule ("the first occurrence in (partition, row) order is kept"):
    and, with `within_partition`, drops repeats inside its partition at once (so later, costlier steps such as
    CLIP scoring skip them);
 2. after every partition is complete, `after_build` (a post-build hook run by x2i.engine.build on the driver, the same
-   for the local and Ray executors) reads only the hash columns of all shards in (partition, row) order, writes
+   for the local and Ray executors) reads only the hash columns of all shards in (partition, row) order, sharded
+   across a process pool by sha256 prefix and pHash band (x2i.curation.dedup_shards; the driver holds only the
+   result), writes
    the rows to drop to `rejects/dedup.parquet` first (the plan), then rewrites only the affected shards
    atomically and records the outcome in `_progress/post-dedup.json`. A crash anywhere resumes: with a ledger
    and no outcome the plan is re-applied (rewrites are idempotent); with an outcome nothing is redone.
@@ -29,19 +31,23 @@ import json
 import math
 from collections import Counter, defaultdict
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from x2i.curation.phash import phash
+from x2i.core.config import to_dict
 from x2i.core.errors import X2IError
 from x2i.core.sample import Reject, Sample
+from x2i.engine.manifest import PartitionRecord, records_from
 from x2i.engine.shards import atomic_write_bytes, file_sha256, iter_rows, rewrite_shard, write_rejects
+from x2i.engine.registry import register_step
 from x2i.engine.steps import Context, Step
 
 LEDGER = "rejects/dedup.parquet"
 OUTCOME = "_progress/post-dedup.json"
 HASH_BITS = 64
+POOL_MIN_ROWS = 20_000  # below this a process pool costs more to start (imports per worker) than it saves
 
 
 class NearIndex:
@@ -124,7 +130,9 @@ class Deduper:
 
 
 def sample_hashes(sample: Sample, want_phash: bool) -> None:
-    """Fill meta.sha256 (output bytes), meta.inputs_sha256 (all input bytes) and the phash column."""
+    """Fill meta.sha256 (output bytes), meta.inputs_sha256 (all input bytes) and the phash column. The pHash is
+    of the pixels the output image holds (the fitted ones, already at most max_side: no second decode, and the
+    32x32 reduction starts from the small image); bytes are decoded again only if a step released them."""
     sample.meta["sha256"] = hashlib.sha256(sample.output_image.data).hexdigest()
     if sample.input_images:
         h = hashlib.sha256()
@@ -151,8 +159,10 @@ class DedupParams:
     max_distance: int = 4  # pHash Hamming distance (of 64 bits) at or below which two images are near duplicates
     within_partition: bool = True  # drop repeats inside a partition during the build
     across_build: bool = True  # then drop repeats across partitions once all are done
+    workers: int = 0  # processes of the post-build pass (0: one per CPU from POOL_MIN_ROWS rows, else in-process)
 
 
+@register_step("dedup")
 class DedupStep(Step):
     name = "dedup"
     Params = DedupParams
@@ -163,6 +173,8 @@ class DedupStep(Step):
             raise X2IError(f"dedup: by must list sha256 and/or phash, got {params.by}")
         if not 0 <= params.max_distance <= 32:
             raise X2IError(f"dedup: max_distance must be in 0..32, got {params.max_distance}")
+        if params.workers < 0:
+            raise X2IError(f"dedup: workers must be >= 0, got {params.workers}")
         self.p = params
 
     def run(self, samples, ctx: Context):
@@ -183,7 +195,7 @@ class DedupStep(Step):
             yield sample
 
     # -- the post-build pass ---------------------------------------------------------------------------------
-    def after_build(self, out: Path, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def after_build(self, out: Path, records: list[PartitionRecord]) -> tuple[list[PartitionRecord], dict[str, Any]]:
         out = Path(out)
         summary = {"by": self.p.by, "max_distance": self.p.max_distance, "within_partition": self.p.within_partition,
                    "across_build": self.p.across_build}
@@ -191,7 +203,7 @@ class DedupStep(Step):
             return records, summary
         if (out / OUTCOME).exists():
             saved = json.loads((out / OUTCOME).read_text())
-            return saved["records"], saved["summary"]
+            return records_from(saved["records"]), saved["summary"]
         if (out / LEDGER).exists():  # a plan from an interrupted run: apply it again
             drops = [{**json.loads(r["meta"]), "reason": r["reason"]} for r in iter_rows(out / LEDGER)]
             checked = None
@@ -202,32 +214,48 @@ class DedupStep(Step):
         updated = self._apply(out, records, drops)
         summary.update(rows_checked=checked, dropped=dict(Counter(d["reason"] for d in drops)),
                        rejects_file=LEDGER)
-        atomic_write_bytes(out / OUTCOME, json.dumps({"records": updated, "summary": summary}, indent=1).encode())
+        atomic_write_bytes(out / OUTCOME, json.dumps({"records": to_dict(updated), "summary": summary},
+                                                     indent=1).encode())
         return updated, summary
 
-    def _plan(self, out: Path, records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    def _plan(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
+        """The rows to drop, sharded across processes (x2i.curation.dedup_shards); the same list, in the same
+        order, as `_plan_single` (tests/curation/test_dedup_shards.py)."""
+        import os
+
+        from x2i.curation import dedup_shards
+
+        ordered = sorted(records, key=lambda r: r.index)
+        shards = [(shard.path, rec.index) for rec in ordered for shard in rec.shards]
+        rows = sum(shard.rows for rec in ordered for shard in rec.shards)
+        workers = self.p.workers or ((os.cpu_count() or 1) if rows >= POOL_MIN_ROWS else 1)
+        bands = NearIndex(self.p.max_distance, scale=max(rows, 1)).bands
+        return dedup_shards.plan(out, shards, self.p.by, self.p.max_distance, workers, bands)
+
+    def _plan_single(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
+        """The reference: one keep-first pass on the driver over every hash (kept to check `_plan` against)."""
         seen = Deduper(self.p.by, self.p.max_distance)
         drops, checked = [], 0
-        for rec in sorted(records, key=lambda r: r["index"]):
-            for shard in rec["shards"]:
+        for rec in sorted(records, key=lambda r: r.index):
+            for shard in rec.shards:
                 columns = ["id", "task", "instruction", "source", "source_key", "phash", "meta"]
-                for row in iter_rows(out / shard["path"], columns=columns, batch_rows=1024):
+                for row in iter_rows(out / shard.path, columns=columns, batch_rows=1024):
                     checked += 1
                     meta = json.loads(row["meta"]) if row["meta"] else {}
                     hit = seen.check(_group(row["task"], meta), meta.get("sha256"), row["phash"],
-                                     (row["id"], row["source"], row["source_key"], rec["index"]),
+                                     (row["id"], row["source"], row["source_key"], rec.index),
                                      _near_group(row["task"], meta, row["instruction"]))
                     if hit is None:
                         continue
                     reason, (kept_id, src, key, part), distance = hit
                     drops.append({"reason": reason, "id": row["id"], "task": row["task"], "source": row["source"],
-                                  "source_key": row["source_key"], "shard": shard["path"], "partition": rec["index"],
+                                  "source_key": row["source_key"], "shard": shard.path, "partition": rec.index,
                                   "url": meta.get("url"), "duplicate_of": kept_id, "distance": distance,
                                   "detail": f"duplicate of {src}/{key} in partition {part} (distance {distance})"})
         return drops, checked
 
     @staticmethod
-    def _apply(out: Path, records: list[dict[str, Any]], drops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _apply(out: Path, records: list[PartitionRecord], drops: list[dict[str, Any]]) -> list[PartitionRecord]:
         by_shard: dict[str, set[str]] = defaultdict(set)
         for d in drops:
             by_shard[d["shard"]].add(d["id"])
@@ -236,18 +264,18 @@ class DedupStep(Step):
             by_partition[d["partition"]].append(d)
         updated = deepcopy(records)
         for rec in updated:
-            for d in by_partition.get(rec["index"], []):
-                rec["rows"][d["task"]] = rec["rows"].get(d["task"], 0) - 1
-                rec["rejects"][d["reason"]] = rec["rejects"].get(d["reason"], 0) + 1
-            rec["rows"] = {t: n for t, n in rec["rows"].items() if n > 0}
+            for d in by_partition.get(rec.index, []):
+                rec.rows[d["task"]] = rec.rows.get(d["task"], 0) - 1
+                rec.rejects[d["reason"]] = rec.rejects.get(d["reason"], 0) + 1
+            rec.rows = {t: n for t, n in rec.rows.items() if n > 0}
             kept_shards = []
-            for shard in rec["shards"]:
-                path = out / shard["path"]
-                if shard["path"] in by_shard:
-                    rows = rewrite_shard(path, by_shard[shard["path"]]) if path.exists() else 0
+            for shard in rec.shards:
+                path = out / shard.path
+                if shard.path in by_shard:
+                    rows = rewrite_shard(path, by_shard[shard.path]) if path.exists() else 0
                     if rows == 0:
                         continue
-                    shard = {**shard, "rows": rows, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                    shard = replace(shard, rows=rows, bytes=path.stat().st_size, sha256=file_sha256(path))
                 kept_shards.append(shard)
-            rec["shards"] = kept_shards
+            rec.shards = kept_shards
         return updated

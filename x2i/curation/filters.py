@@ -15,6 +15,7 @@ from typing import Any
 from x2i.core.errors import X2IError
 from x2i.core.prompt import placeholder, split
 from x2i.core.sample import RejectSample, Sample
+from x2i.engine.registry import register_step
 from x2i.engine.steps import Context, FilterStep, MapStep
 
 
@@ -61,12 +62,13 @@ def get_field(meta: dict[str, Any], dotted: str) -> tuple[bool, Any]:
 @dataclass
 class MetaThresholdParams:
     field: str  # dotted path into meta, e.g. pwatermark, punsafe, clip_sim_dir (or a score column: aesthetic)
-    min: float | None = None  # keep values > min
-    max: float | None = None  # keep values < max
+    min: float | None = None  # keep values > min (null: no lower bound)
+    max: float | None = None  # keep values < max (null: no upper bound; both null: the filter is off)
     missing: str = "reject"  # reject | keep: what to do when the field is absent or null
     name: str | None = None  # reason prefix (default: the field's last part)
 
 
+@register_step("meta_threshold")
 class MetaThresholdStep(FilterStep):
     """Bounds on a source column carried in meta: NSFW (punsafe), watermark (pwatermark), UltraEdit's clip_sim_*."""
 
@@ -74,14 +76,14 @@ class MetaThresholdStep(FilterStep):
     Params = MetaThresholdParams
 
     def __init__(self, params: MetaThresholdParams):
-        if params.min is None and params.max is None:
-            raise X2IError("meta_threshold: give min and/or max")
         if params.missing not in ("reject", "keep"):
             raise X2IError(f"meta_threshold: missing must be reject or keep, got {params.missing!r}")
         self.p = params
         self.label = params.name or params.field.split(".")[-1]
 
     def reason(self, sample: Sample, ctx: Context):
+        if self.p.min is None and self.p.max is None:  # both bounds null: the filter is off and reads nothing
+            return None
         if self.p.field in ("aesthetic", "clip_score") and self.p.field not in sample.meta:
             found, value = True, getattr(sample, self.p.field)
         else:
@@ -99,6 +101,7 @@ class SizeFilterParams:
     of: str = "source"  # source: the size before fitting (meta.source_size), else the output image's size
 
 
+@register_step("size_filter")
 class SizeFilterStep(FilterStep):
     name = "size_filter"
     Params = SizeFilterParams
@@ -141,6 +144,7 @@ class CaptionCleanParams:
     min_letter_ratio: float = 0.5  # reject text that is mostly digits / symbols (file names, SKUs)
 
 
+@register_step("caption_clean")
 class CaptionCleanStep(MapStep):
     """Clean the text of an instruction, leaving its image placeholders exactly as they are."""
 

@@ -16,6 +16,7 @@ from x2i.curation.models import (DEFAULT_CLIP, DEFAULT_PREDICTOR, DEFAULT_PREDIC
 from x2i.core.errors import X2IError, require_modules
 from x2i.core.prompt import remove_placeholders
 from x2i.core.sample import Sample
+from x2i.engine.registry import register_step
 from x2i.engine.steps import BatchMapStep, Context
 
 
@@ -69,6 +70,7 @@ class _ScoreStep(BatchMapStep):
         return sample
 
 
+@register_step("aesthetic")
 class AestheticStep(_ScoreStep):
     """LAION's improved aesthetic predictor (an MLP over normalised CLIP ViT-L/14 image embeddings)."""
 
@@ -110,6 +112,7 @@ class AestheticStep(_ScoreStep):
         return [self._keep(s, v, ctx, self.provenance) for s, v in zip(samples, values)]
 
 
+@register_step("clip_score")
 class ClipScoreStep(_ScoreStep):
     """Cosine similarity between the output image and its text, in CLIP space (LAION's `similarity`)."""
 

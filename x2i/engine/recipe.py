@@ -33,6 +33,7 @@ class OutputConfig:
     rows_per_row_group: int = 100  # <= 100 keeps the Hub's dataset viewer working on image data
     max_shard_bytes: int = 500 * 1024 * 1024
     write_rejects: bool = True
+    holdout: float = 0.0  # share of source items held out as the test split (x2i/engine/holdout.py)
 
 
 @dataclass

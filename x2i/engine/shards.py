@@ -1,16 +1,16 @@
 """Atomic Parquet shard writing and streaming shard reading.
 
-A partition's samples go to `data/<task>/part-<partition>-<k>.parquet`. Shards are written under a hidden
-temporary name, fsynced, and renamed into place only when the whole partition is finished, so a crash or
-Ctrl-C never leaves a half shard where a reader (or `datasets`) would pick it up.
+A partition's samples go to `data/<task>/part-<partition>-<k>.parquet`. On a local disk shards are written
+under a hidden temporary name, fsynced, and renamed into place only when the whole partition is finished, so a
+crash or Ctrl-C never leaves a half shard where a reader (or `datasets`) would pick it up. An object store has
+no rename: each shard is uploaded once under its final, deterministic name (an object appears whole or not at
+all) and the partition becomes output only when the build writes its completion record after them.
 
 Every OSError while writing (disk full, read-only storage) surfaces as one `StorageError` naming the file,
 and the temp files of the failed write are removed so a full disk does not stay full.
 """
 from __future__ import annotations
 
-import contextlib
-import errno as errno_names
 import hashlib
 import os
 import secrets
@@ -22,49 +22,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from x2i.core.errors import X2IError
 from x2i.core.safepath import confined, safe_relpath
+from x2i.core.storage import Storage, StorageError, storage_errors  # noqa: F401 - StorageError re-exported
 from x2i.core.sample import Reject, Sample
-from x2i.core.schema import SCHEMA, row_to_sample, rows_to_table, sample_to_row
+from x2i.core.schema import SCHEMA, rows_to_table, sample_to_row
+# Readers (and the split folders) live in shard_reading; re-exported here, where most callers look for them.
+from x2i.engine.shard_reading import SPLIT_ROOTS, TMP_PREFIX, iter_rows, iter_samples, shard_files  # noqa: F401
 
-TMP_PREFIX = ".tmp-"
 
 
 def temp_path(path: Path) -> Path:
     """A hidden temp name next to `path`, unique per process and call, so two writers (a retried Ray task, a
     worker of a killed build) never write into one temp file and a dead run's leftovers are recognisable."""
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
-
-
-class StorageError(X2IError, OSError):
-    """An OSError while reading or writing the output (disk full, read-only, permissions), as one line naming
-    the file and the errno text. Also an OSError, so code that handles OSError still does."""
-
-    def __init__(self, path: object, code: int | None, strerror: str | None):
-        super().__init__(code, strerror)
-        self.path = str(path)
-
-    @classmethod
-    def wrap(cls, path: object, exc: OSError) -> StorageError:
-        return exc if isinstance(exc, StorageError) else cls(path, exc.errno, exc.strerror or str(exc))
-
-    def __reduce__(self):  # keeps path and errno across process pools and Ray
-        return (type(self), (self.path, self.errno, self.strerror))
-
-    def __str__(self) -> str:
-        name = errno_names.errorcode.get(self.errno) if self.errno else None
-        return f"{self.path}: {self.strerror}" + (f" ({name})" if name else "")
-
-
-@contextlib.contextmanager
-def storage_errors(path: object) -> Iterator[None]:
-    """Turn an OSError raised inside into a StorageError naming `path`."""
-    try:
-        yield
-    except StorageError:
-        raise
-    except OSError as exc:
-        raise StorageError.wrap(path, exc) from exc
 
 
 def _close_quietly(closeable: Any) -> None:
@@ -141,9 +111,10 @@ def open_shard_writer(where: Any) -> pq.ParquetWriter:
 class HashingSink:
     """A file being written that hashes its bytes on the way out: the shard's sha256 without reading it back."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | None, stream: Any = None):
+        """A local `path` (fsynced on close), or an object-store `stream` (the upload completes on close)."""
         self.path = path
-        self.file = open(path, "wb")
+        self.file = open(path, "wb") if stream is None else stream
         self.hash = hashlib.sha256()
         self.size = 0
 
@@ -166,7 +137,8 @@ class HashingSink:
         """Flush, fsync and close (the Parquet writer never closes a sink it did not open)."""
         if not self.file.closed:
             self.file.flush()
-            os.fsync(self.file.fileno())
+            if self.path is not None:
+                os.fsync(self.file.fileno())
             self.file.close()
 
 
@@ -217,28 +189,48 @@ class ShardInfo:
     partition: int
 
 
+def _remote(out: Path | Storage) -> Storage | None:
+    """The object store written to, or None for a local folder (which keeps the temp + rename commit)."""
+    return out if isinstance(out, Storage) and not out.is_local else None
+
+
+def shard_name(task: str, partition: int, index: int, root: str = "data") -> str:
+    """A shard's deterministic name relative to the output root (the same on every attempt)."""
+    return f"{root}/{task_dir_name(task)}/part-{partition:05d}-{index:03d}.parquet"
+
+
 class _TaskShards:
     """Open Parquet writers for one task in one partition, rolling to a new shard at `max_bytes`."""
 
-    def __init__(self, out_dir: Path, task: str, partition: int, rows_per_group: int, max_bytes: int):
-        self.out_dir, self.task, self.partition = out_dir, task, partition
+    def __init__(self, out: Path | Storage, task: str, partition: int, rows_per_group: int, max_bytes: int,
+                 root: str = "data"):
+        self.store = _remote(out)
+        self.out_dir = None if self.store is not None else Path(getattr(out, "base", out))
+        self.task, self.partition, self.root = task, partition, root
         self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
         self.buffer: list[dict] = []
         self.buffer_bytes = 0
         self.writer: pq.ParquetWriter | None = None
         self.sink: HashingSink | None = None
-        self.current: tuple[Path, Path] | None = None
+        # (tmp, final): local paths; on an object store tmp is None and final the object's relative name.
+        self.current: tuple[Any, Any] | None = None
         self.rows = 0
-        self.done: list[tuple[Path, Path, int, int, str]] = []  # (tmp, final, rows, bytes, sha256)
+        self.done: list[tuple[Any, Any, int, int, str]] = []  # (tmp, final, rows, bytes, sha256)
         self.index = 0
 
     def _open(self) -> None:
-        # The path checked is the path written: confined() returns it only once it is proven under out_dir.
-        final = confined(self.out_dir, "data", task_dir_name(self.task),
-                         f"part-{self.partition:05d}-{self.index:03d}.parquet")
-        self.current = (temp_path(final), final)  # before opening: abort() removes it whatever fails next
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.sink = HashingSink(self.current[0])
+        if self.store is not None:
+            # No rename on an object store: the final name, written once; the completion record commits it.
+            final = shard_name(self.task, self.partition, self.index, self.root)
+            self.current = (None, final)  # before opening: abort() removes it whatever fails next
+            self.sink = HashingSink(None, self.store.open_output(final))
+        else:
+            # The path checked is the path written: confined() returns it only once it is proven under out_dir.
+            final = confined(self.out_dir, self.root, task_dir_name(self.task),
+                             f"part-{self.partition:05d}-{self.index:03d}.parquet")
+            self.current = (temp_path(final), final)  # before opening: abort() removes it whatever fails next
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.sink = HashingSink(self.current[0])
         self.writer = open_shard_writer(pa.PythonFile(self.sink, mode="w"))
         self.rows = 0
         self.index += 1
@@ -270,66 +262,87 @@ class _TaskShards:
         self.done.append((*self.current, self.rows, self.sink.size, self.sink.hash.hexdigest()))
         self.writer, self.sink, self.current = None, None, None
 
-    def finish(self) -> list[tuple[Path, Path, int, int, str]]:
+    def finish(self) -> list[tuple[Any, Any, int, int, str]]:
         self.flush()
         self._close()
         return self.done
 
     @property
-    def where(self) -> Path:
+    def where(self) -> Any:
         """The shard being written, for error messages."""
+        name = self.current[1] if self.current is not None else shard_name(self.task, self.partition, self.index,
+                                                                             self.root)
+        if self.store is not None:
+            return self.store.uri_of(name)
         if self.current is not None:
-            return self.current[1]
-        return self.out_dir / "data" / task_dir_name(self.task) / f"part-{self.partition:05d}-{self.index:03d}.parquet"
+            return name
+        return self.out_dir / name
 
-    def abort(self) -> None:
-        """Remove every temp file, even when closing fails (on a full disk the footer write fails again)."""
+    def abort(self, remove_objects: bool = True) -> None:
+        """Remove every temp file, even when closing fails (on a full disk the footer write fails again). On
+        an object store the shards already uploaded are removed too, unless `remove_objects` is False (the
+        build that started us is gone: the objects under these names may be a newer build's)."""
         _close_quietly(self.writer)
         if self.sink is not None:
             _close_quietly(self.sink.file)
-        for tmp in [d[0] for d in self.done] + ([self.current[0]] if self.current else []):
-            _unlink_quietly(tmp)
+        if self.store is not None:
+            for final in [d[1] for d in self.done] + ([self.current[1]] if self.current else []):
+                if remove_objects:
+                    self.store.delete_quietly(final)
+        else:
+            for tmp in [d[0] for d in self.done] + ([self.current[0]] if self.current else []):
+                _unlink_quietly(tmp)
         self.writer, self.sink, self.current, self.done = None, None, None, []
 
 
 class PartitionWriter:
-    """Collects one partition's samples into per-task shards; `commit` makes them visible all at once."""
+    """Collects one partition's samples into per-task shards; `commit` makes them visible all at once
+    (local: renamed into place; object store: already uploaded under their final names, made output by the
+    completion record the build writes next)."""
 
-    def __init__(self, out_dir: Path, partition: int, rows_per_group: int = 100, max_bytes: int = 500 << 20):
-        self.out_dir, self.partition = Path(out_dir), partition
+    def __init__(self, out_dir: Path | Storage, partition: int, rows_per_group: int = 100,
+                 max_bytes: int = 500 << 20):
+        self.store = _remote(out_dir)
+        self.out_dir = None if self.store is not None else Path(getattr(out_dir, "base", out_dir))
+        self.out, self.partition = out_dir, partition
         self.rows_per_group, self.max_bytes = rows_per_group, max_bytes
-        self.tasks: dict[str, _TaskShards] = {}
+        self.tasks: dict[tuple[str, str], _TaskShards] = {}  # (split, task) -> its shards
         self.committed: list[Path] = []  # renamed into place by a commit that has not finished
 
     def write(self, sample: Sample) -> None:
-        shards = self.tasks.get(sample.task)
+        key = (sample.split, sample.task)
+        shards = self.tasks.get(key)
         if shards is None:
-            shards = self.tasks[sample.task] = _TaskShards(self.out_dir, sample.task, self.partition,
-                                                           self.rows_per_group, self.max_bytes)
+            shards = self.tasks[key] = _TaskShards(self.out, sample.task, self.partition, self.rows_per_group,
+                                                   self.max_bytes, SPLIT_ROOTS[sample.split])
         with storage_errors(shards.where):
             shards.add(sample_to_row(sample))
 
     def commit(self) -> list[ShardInfo]:
-        """Close, fsync and rename every shard into place; return what was written."""
+        """Close every shard (local: fsync and rename into place); return what was written."""
         infos = []
-        for task in sorted(self.tasks):
-            with storage_errors(self.tasks[task].where):
-                shards = self.tasks[task].finish()
+        for key in sorted(self.tasks, key=lambda k: (k[1], k[0] != "train")):  # tasks in order, as before splits
+            task = key[1]
+            with storage_errors(self.tasks[key].where):
+                shards = self.tasks[key].finish()
             for tmp, final, rows, size, sha in shards:
+                if self.store is not None:
+                    infos.append(ShardInfo(final, task, rows, size, sha, self.partition))
+                    continue
                 with storage_errors(final):
                     os.replace(tmp, final)
                 self.committed.append(final)
                 infos.append(ShardInfo(str(final.relative_to(self.out_dir)), task, rows, size, sha, self.partition))
-            if shards:
+            if shards and self.store is None:
                 fsync_dir(shards[0][1].parent)
         self.committed = []
         return infos
 
-    def abort(self) -> None:
+    def abort(self, remove_objects: bool = True) -> None:
         """Remove this partition's temp files, and the shards of a commit that failed half-way: without its
         completion record a partition's shards are not output, and a reader must not pick them up."""
         for shards in self.tasks.values():
-            shards.abort()
+            shards.abort(remove_objects)
         for final in self.committed:
             _unlink_quietly(final)
         self.committed = []
@@ -341,13 +354,22 @@ REJECT_SCHEMA = pa.schema([
 ])
 
 
-def write_rejects(path: Path, rejects: list[Reject]) -> None:
-    """The rejects ledger of one partition (atomic, like the shards)."""
+def write_rejects(path: Path | tuple[Storage, str], rejects: list[Reject]) -> None:
+    """The rejects ledger of one partition: atomic like the shards on a local disk; on an object store
+    (`path` = (storage, relative name)) one upload under its final name."""
     import json
 
     rows = [{"reason": r.reason, "source": r.source, "source_key": r.source_key, "task": r.task, "step": r.step,
              "detail": r.detail, "meta": json.dumps(r.meta, ensure_ascii=False, sort_keys=True)} for r in rejects]
     table = pa.Table.from_pylist(rows, schema=REJECT_SCHEMA)
+    if isinstance(path, tuple):
+        store, rel = path
+        if store.is_local:
+            path = store.local_path(rel)
+        else:
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            return store.write_bytes(rel, sink.getvalue().to_pybytes())
     with storage_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
@@ -359,25 +381,3 @@ def write_rejects(path: Path, rejects: list[Reject]) -> None:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-
-
-def shard_files(root: Path) -> list[Path]:
-    """Every committed shard under a dataset dir (or the single file given), in a stable order."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    base = root / "data" if (root / "data").is_dir() else root
-    return sorted(p for p in base.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX))
-
-
-def iter_rows(path: Path, columns: list[str] | None = None, batch_rows: int = 64) -> Iterator[dict]:
-    """Stream rows of one shard as dicts, a row group at a time (bounded memory)."""
-    pf = pq.ParquetFile(path)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-        yield from batch.to_pylist()
-
-
-def iter_samples(root: Path) -> Iterator[Sample]:
-    for path in shard_files(root):
-        for row in iter_rows(path):
-            yield row_to_sample(row)

@@ -98,7 +98,7 @@ class Step:
 
     def needs(self) -> list[tuple[str, str]]:
         """Optional modules this step imports while running, as (module, extra that installs it): checked
-        before any work (x2i.engine.build.preflight), so a missing install stops the build instead of every row."""
+        before any work (x2i.engine.plan.compile_plan), so a missing install stops the build instead of every row."""
         return []
 
     def _guard(self, sample: Sample, ctx: Context, fn) -> Any:

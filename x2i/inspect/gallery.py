@@ -29,6 +29,7 @@ from PIL import Image
 from x2i.core.errors import X2IError
 from x2i.core.imageio import ImageError, decode
 from x2i.core.prompt import split
+from x2i.engine.manifest import ManifestError, manifest_path, read_manifest
 from x2i.engine.shards import TMP_PREFIX, atomic_write_bytes, shard_files
 
 THUMBS = "thumbs"
@@ -258,12 +259,11 @@ def _check_out(out: Path) -> None:
 
 
 def _dataset_name(dataset: Path) -> str:
-    manifest = dataset / "manifest.json"
-    if manifest.exists():
+    if manifest_path(dataset).exists():
         try:
-            return str(json.loads(manifest.read_text()).get("name") or dataset.name)
-        except ValueError:
-            pass
+            return read_manifest(dataset).name or dataset.name
+        except ManifestError:
+            pass  # a damaged manifest only costs the gallery its title: `x2i validate` is where it is reported
     return dataset.resolve().name
 
 

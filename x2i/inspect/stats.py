@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from x2i.engine.manifest import manifest_path, read_manifest
 from x2i.engine.shards import shard_files
 
 SIDE_BINS = [0, 256, 384, 512, 640, 768, 1024, 1536, 2048, 10**9]
@@ -59,9 +60,8 @@ def collect(path: str | Path) -> dict[str, Any]:
 
 def rejects_of(path: str | Path) -> dict[str, int]:
     root = Path(path)
-    manifest = root / "manifest.json"
-    if manifest.exists():
-        return dict(json.loads(manifest.read_text()).get("rejects", {}))
+    if manifest_path(root).exists():
+        return dict(read_manifest(root).rejects)
     counts: Counter = Counter()
     for f in sorted((root / "rejects").glob("*.parquet")) if (root / "rejects").is_dir() else []:
         counts.update(pq.read_table(f, columns=["reason"]).column("reason").to_pylist())

@@ -17,9 +17,11 @@ and other folders x2i writes beside the data are never checked as data shards.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ from PIL import Image
 from x2i.core.imageio import DEFAULT_MAX_PIXELS, ImageError, decode
 from x2i.core.prompt import problems
 from x2i.core.schema import ARROW_SCHEMA, HF_FEATURES, SCHEMA_VERSION, schema_version_of
+from x2i.engine.manifest import (MANIFEST, PROGRESS, Manifest, ManifestError, manifest_path, plan_path, read_manifest,
+                                 read_plan)
 from x2i.engine.shards import file_sha256, shard_files
 
 MAX_ROWS_PER_GROUP = 100
@@ -80,20 +84,19 @@ def data_shards(root: Path) -> list[Path]:
     root = Path(root)
     if root.is_file():
         return [root]
-    return [f for f in shard_files(root)
+    return [f for f in shard_files(root, split=None)  # every split: a holdout's test/ shards are data too
             if not (f.relative_to(root).parts[0] == "rejects" or f.relative_to(root).parts[0][0] in "_.")]
 
 
 def build_progress(root: Path) -> tuple[int, int | None] | None:
     """(partitions done, partitions planned or None if unreadable) of an x2i build folder; None when `root`
     holds no x2i build (no _progress/plan.json)."""
-    plan = root / "_progress" / "plan.json"
-    if not plan.is_file():
+    if not plan_path(root).is_file():
         return None
-    done = len(list((root / "_progress").glob("part-*.json")))
+    done = len(list((root / PROGRESS).glob("part-*.json")))
     try:
-        planned = len(json.loads(plan.read_text())["partitions"])
-    except (ValueError, KeyError, TypeError):
+        planned = len(read_plan(root).partitions)
+    except ManifestError:
         planned = None  # a damaged plan still marks an unfinished build; only the count is unknown
     return done, planned
 
@@ -132,24 +135,56 @@ def _check_schema(path: Path, rel: str, report: Report) -> bool:
     return True
 
 
-def _image_problem(struct: Any, what: str, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
-    if not isinstance(struct, dict) or not struct.get("bytes"):
-        return f"{what} is missing", None
-    data = struct["bytes"]
+class DecodeCache:
+    """What checking an image found (problem, size), by the sha256 of its bytes: an image shared by many rows
+    (an entity crop in several subject samples, one photo behind many edits) is decoded once. Bounded: at most
+    `max_entries` small results (no pixels are kept), least recently used dropped first; validate starts a
+    fresh one per shard, since row groups are written in order and sharing is local to a shard."""
+
+    def __init__(self, max_entries: int = 65536):
+        self.max_entries = max_entries
+        self.results: OrderedDict[bytes, tuple[str | None, tuple[int, int] | None]] = OrderedDict()
+        self.decodes = 0
+
+    def check(self, data: bytes, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
+        """(problem with `{what}` left to fill, size): the cached verdict of these exact bytes."""
+        key = hashlib.sha256(data).digest()
+        found = self.results.get(key)
+        if found is not None:
+            self.results.move_to_end(key)
+            return found
+        self.decodes += 1
+        found = _inspect(data, decode_images)
+        self.results[key] = found
+        if len(self.results) > self.max_entries:
+            self.results.popitem(last=False)
+        return found
+
+
+def _inspect(data: bytes, decode_images: bool) -> tuple[str | None, tuple[int, int] | None]:
     if not decode_images:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 return None, im.size
-        except Exception as exc:
-            return f"{what} has an unreadable header: {exc}", None
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage headers; each is a row problem
+            return f"{{what}} has an unreadable header: {exc}", None
     try:
         return None, decode(data, DEFAULT_MAX_PIXELS).size
     except ImageError as exc:
-        return f"{what} does not decode ({exc.reason}: {exc})", None
+        return f"{{what}} does not decode ({exc.reason}: {exc})", None
+
+
+def _image_problem(struct: Any, what: str, decode_images: bool,
+                   cache: DecodeCache | None = None) -> tuple[str | None, tuple[int, int] | None]:
+    if not isinstance(struct, dict) or not struct.get("bytes"):
+        return f"{what} is missing", None
+    data = struct["bytes"]
+    msg, size = (cache or DecodeCache()).check(data, decode_images)
+    return (None if msg is None else msg.replace("{what}", what, 1)), size
 
 
 def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], report: Report,
-               multiple: int, decode_images: bool) -> None:
+               multiple: int, decode_images: bool, cache: DecodeCache | None = None) -> None:
     rid = row.get("id") or None
     add = lambda msg: report.problems.append(Problem(rel, index, rid, msg))  # noqa: E731
     if not rid:
@@ -163,7 +198,7 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
     inputs = row.get("input_images") or []
     for msg in problems(row.get("instruction") or "", len(inputs)):
         add(f"instruction: {msg}")
-    msg, size = _image_problem(row.get("output_image"), "output_image", decode_images)
+    msg, size = _image_problem(row.get("output_image"), "output_image", decode_images, cache)
     report.images += 1
     if msg:
         add(msg)
@@ -174,7 +209,7 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
             add(f"output size {size[0]}x{size[1]} is not a multiple of {multiple}")
     for k, struct in enumerate(inputs, 1):
         report.images += 1
-        msg, _ = _image_problem(struct, f"input image {k}", decode_images)
+        msg, _ = _image_problem(struct, f"input image {k}", decode_images, cache)
         if msg:
             add(msg)
     try:
@@ -188,37 +223,36 @@ def _check_row(row: dict[str, Any], rel: str, index: int, seen: dict[str, str], 
             add(f"{col} is {v}")
 
 
-def _check_manifest(root: Path, files: list[Path], report: Report) -> dict[str, Any] | None:
-    path = root / "manifest.json"
+def _check_manifest(root: Path, files: list[Path], report: Report) -> Manifest | None:
     try:
-        manifest = json.loads(path.read_text())
-    except ValueError as exc:
-        report.problems.append(Problem("manifest.json", None, None, f"not valid JSON: {exc}"))
+        manifest = read_manifest(root)
+    except ManifestError as exc:
+        report.problems.append(Problem(MANIFEST, None, None, exc.problem))
         return None
-    listed = {s["path"]: s for s in manifest.get("shards", [])}
+    listed = {s.path: s for s in manifest.shards}
     on_disk = {str(p.relative_to(root)) for p in files}
     for rel in sorted(on_disk - set(listed)):
         report.problems.append(Problem(rel, None, None, "shard not listed in manifest.json"))
     task_rows: dict[str, int] = {}
     for rel, info in sorted(listed.items()):
-        task_rows[info["task"]] = task_rows.get(info["task"], 0) + info["rows"]
+        task_rows[info.task] = task_rows.get(info.task, 0) + info.rows
         p = root / rel
         if rel not in on_disk:
             report.problems.append(Problem(rel, None, None, "listed in manifest.json but missing"))
             continue
         rows = pq.ParquetFile(p).metadata.num_rows
-        if rows != info["rows"]:
-            report.problems.append(Problem(rel, None, None, f"{rows} rows, manifest says {info['rows']}"))
-        if file_sha256(p) != info["sha256"]:
+        if rows != info.rows:
+            report.problems.append(Problem(rel, None, None, f"{rows} rows, manifest says {info.rows}"))
+        if file_sha256(p) != info.sha256:
             report.problems.append(Problem(rel, None, None, "sha256 differs from manifest.json"))
-    for task, info in manifest.get("tasks", {}).items():
-        if task_rows.get(task, 0) != info.get("rows"):
-            report.problems.append(Problem("manifest.json", None, None,
-                                           f"task {task}: shards hold {task_rows.get(task, 0)} rows, tasks says {info.get('rows')}"))
+    for task, totals in manifest.tasks.items():
+        if task_rows.get(task, 0) != totals.rows:
+            report.problems.append(Problem(MANIFEST, None, None,
+                                           f"task {task}: shards hold {task_rows.get(task, 0)} rows, tasks says {totals.rows}"))
     return manifest
 
 
-def _completeness(root: Path, files: list[Path], report: Report, partial: bool) -> dict[str, Any] | None:
+def _completeness(root: Path, files: list[Path], report: Report, partial: bool) -> Manifest | None:
     """Manifest and build-progress checks of a dataset folder; returns the manifest when there is one."""
     progress = build_progress(root)
     if partial:
@@ -228,7 +262,7 @@ def _completeness(root: Path, files: list[Path], report: Report, partial: bool) 
         else:
             report.note = "partial: manifest not checked"
         return None
-    if (root / "manifest.json").exists():
+    if manifest_path(root).exists():
         before = len(report.problems)
         manifest = _check_manifest(root, files, report)
         if len(report.problems) > before:
@@ -258,10 +292,9 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
     if report.incomplete is not None and not report.problems:
         return report  # no manifest: nothing to check the rows against, and the fix is to finish the build
     if not files:
-        if manifest is not None and manifest.get("rows") == 0:
-            rejected = manifest.get("rejects_total", 0)
-            report.note = (f"0 rows: an empty build, {rejected} source record(s) rejected"
-                           + (" (ledgers in rejects/)" if manifest.get("rejects_files") else ""))
+        if manifest is not None and manifest.rows == 0:
+            report.note = (f"0 rows: an empty build, {manifest.rejects_total} source record(s) rejected"
+                           + (" (ledgers in rejects/)" if manifest.rejects_files else ""))
             return report
         report.problems.append(Problem(str(root), None, None, "no parquet shards found"))
         return report
@@ -278,9 +311,10 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
             continue
         pf = pq.ParquetFile(f)
         index = 0
+        cache = DecodeCache()
         for batch in pf.iter_batches(batch_size=64):
             for row in batch.to_pylist():
-                _check_row(row, rel, index, seen, report, multiple, decode_images)
+                _check_row(row, rel, index, seen, report, multiple, decode_images, cache)
                 index += 1
                 report.rows += 1
             if bar is not None:
@@ -294,15 +328,20 @@ def validate(path: str | Path, multiple: int = 16, decode_images: bool = True, m
 
 
 def require_valid(path: str | Path, decode_images: bool = True, action: str = "publish",
-                  log: Any = None, shown: int = 20) -> dict[str, Any] | None:
+                  log: Any = None, shown: int = 20) -> Manifest | None:
     """Validate a dataset folder before `action` (publishing, ...) with its recipe's size multiple; return its
     manifest (None without one). Raise X2IError when it fails, after passing the first `shown` problems to
     `log` (e.g. a print to stderr): an unfinished or broken build must never be published."""
     from x2i.core.errors import X2IError
 
     root = Path(path)
-    manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else None
-    multiple = ((manifest or {}).get("recipe") or {}).get("output", {}).get("multiple", 16)
+    manifest = None
+    if manifest_path(root).exists():
+        try:
+            manifest = read_manifest(root)
+        except ManifestError:
+            pass  # validate() reports the unreadable manifest as a problem, and so refuses below
+    multiple = manifest.output_multiple() if manifest is not None else 16
     report = validate(root, multiple=multiple, decode_images=decode_images)
     if not report.ok:
         for problem in report.problems[:shown] if log is not None else []:

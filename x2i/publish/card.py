@@ -1,6 +1,7 @@
 """The dataset card (README.md) written by `x2i publish`.
 
-The YAML header is what the Hub and `datasets` read: `configs` (data_files globs per config, one split `train`),
+The YAML header is what the Hub and `datasets` read: `configs` (data_files globs per config: `train`, and `test`
+when the build held source items out),
 `dataset_info` (features and split sizes per config; `datasets` checks the row counts when it loads), licence,
 task categories, tags and size category. The body is for people: the configs, how to load them, the schema
 and the provenance of the data (recipe, sources, per-row licences, x2i version, what was rejected and why).
@@ -23,6 +24,7 @@ from x2i.core.schema import HF_FEATURES, SCHEMA_VERSION
 from x2i.engine.shards import shard_files
 
 if TYPE_CHECKING:
+    from x2i.engine.manifest import Manifest
     from x2i.publish.hub import PublishConfig, Staged
 
 
@@ -120,11 +122,14 @@ def card_metadata(staged: "Staged", cfg: "PublishConfig") -> dict[str, Any]:
     for name, tasks in staged.configs.items():
         files = [f for t in tasks for f in by_task[t]]
         folders = sorted({f.path.rsplit("/", 1)[0] for f in files})
+        split_of = {f.path: f.path.rsplit("/", 1)[1].split("-", 1)[0] for f in files}  # train-/test-NNNNN-...
+        splits = [s for s in ("train", "test") if s in split_of.values()]
         configs.append({"config_name": name,
-                        "data_files": [{"split": "train", "path": [f"{d}/train-*.parquet" for d in folders]}]})
+                        "data_files": [{"split": s, "path": [f"{d}/{s}-*.parquet" for d in folders]} for s in splits]})
         num_bytes = sum(arrow_bytes[f.path] for f in files)
         infos.append({"config_name": name, "features": FEATURES_YAML,
-                      "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": sum(f.rows for f in files)}],
+                      "splits": [{"name": s, "num_bytes": sum(arrow_bytes[f.path] for f in files if split_of[f.path] == s),
+                                  "num_examples": sum(f.rows for f in files if split_of[f.path] == s)} for s in splits],
                       "download_size": sum(f.bytes for f in files), "dataset_size": num_bytes})
     categories = ["image-to-image"]
     if any(t.startswith("text_to_image") for t in staged.tasks):
@@ -140,16 +145,16 @@ def card_metadata(staged: "Staged", cfg: "PublishConfig") -> dict[str, Any]:
     return meta
 
 
-def render_card(dataset: Path, staged: "Staged", cfg: "PublishConfig", manifest: dict[str, Any] | None) -> str:
+def render_card(dataset: Path, staged: "Staged", cfg: "PublishConfig", manifest: "Manifest | None") -> str:
     meta = card_metadata(staged, cfg)
-    manifest = manifest or {}
     rows = sum(staged.tasks.values())
-    title = cfg.pretty_name or manifest.get("name") or cfg.repo_id.split("/")[-1]
+    title = cfg.pretty_name or (manifest.name if manifest else None) or cfg.repo_id.split("/")[-1]
+    version, schema = (manifest.x2i_version, manifest.schema_version) if manifest else (__version__, SCHEMA_VERSION)
     sources, licences = provenance_counts(dataset)
     out = ["---", yaml.dump(meta, Dumper=_NoAliasDumper, sort_keys=False, allow_unicode=True, width=120).rstrip(), "---", "",
            f"# {title}", "",
            f"X2I (\"anything to image\") training data: {rows:,} rows in {len(staged.tasks)} task(s), built with "
-           f"x2i {manifest.get('x2i_version', __version__)} (schema v{manifest.get('schema_version', SCHEMA_VERSION)}).",
+           f"x2i {version} (schema v{schema}).",
            "Every row is an interleaved instruction, its input images and the output image, in the OmniGen "
            "prompt format.", "",
            "## Configs", "",
@@ -172,28 +177,27 @@ def render_card(dataset: Path, staged: "Staged", cfg: "PublishConfig", manifest:
     out += [f"| `{c}` | {_md(d)} |" for c, d in COLUMN_DOCS]
     out += ["", "## Provenance", ""]
     if manifest:
-        source = scrub_paths(manifest.get("source", {}))
-        out += [f"- Recipe `{manifest.get('name')}` (builder `{manifest.get('recipe', {}).get('builder')}`, "
-                f"seed {manifest.get('recipe', {}).get('seed')}), built {manifest.get('created_at', '?')}.",
+        source = scrub_paths(manifest.source)
+        out += [f"- Recipe `{manifest.name}` (builder `{manifest.recipe.get('builder')}`, "
+                f"seed {manifest.recipe.get('seed')}), built {manifest.created_at}.",
                 f"- Source format `{source.get('format')}`"
                 + (" (the embedded sample: the procedural shapes world and package photos)" if source.get("embedded")
                    else f", from `{source.get('path')}`") + ".",
-                f"- {manifest.get('source_samples', 0):,} source samples read; {manifest.get('rows', rows):,} rows "
-                f"written; {manifest.get('rejects_total', 0):,} rejected."]
-        out += [f"- Note: {_md(n)}" for n in manifest.get("notes", [])]
+                f"- {manifest.source_samples:,} source samples read; {manifest.rows:,} rows "
+                f"written; {manifest.rejects_total:,} rejected."]
+        out += [f"- Note: {_md(n)}" for n in manifest.notes]
     else:
         out.append("- No manifest.json was found next to the data: recipe and rejects are unknown.")
     out += ["", "Rows per source:", "", "| source | rows |", "|---|---:|"]
     out += [f"| `{_md(s)}` | {n:,} |" for s, n in sources.most_common(20)]
     out += ["", "Licences stated per row (in `meta`):", "", "| licence | rows |", "|---|---:|"]
     out += [f"| {_md(s)} | {n:,} |" for s, n in licences.most_common(20)]
-    rejects = manifest.get("rejects") or {}
-    if rejects:
+    if manifest and manifest.rejects:
         out += ["", "Rejected during the build (a row is rejected with one reason; nothing is dropped silently):",
                 "", "| reason | count |", "|---|---:|"]
-        out += [f"| `{_md(r)}` | {n:,} |" for r, n in sorted(rejects.items(), key=lambda kv: -kv[1])]
-    if manifest.get("recipe"):
-        recipe = yaml.safe_dump(scrub_paths(manifest["recipe"]), sort_keys=False, allow_unicode=True).rstrip()
+        out += [f"| `{_md(r)}` | {n:,} |" for r, n in manifest.top_rejects()]
+    if manifest and manifest.recipe:
+        recipe = yaml.safe_dump(scrub_paths(manifest.recipe), sort_keys=False, allow_unicode=True).rstrip()
         out += ["", "<details><summary>Recipe</summary>", "", "```yaml", recipe, "```", "", "</details>"]
     out += ["", "## Licence", "",
             f"The card's licence field is `{cfg.license}`. Each row's own licence, where its source states one, is "

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from x2i.core.errors import X2IError
 from x2i.core.schema import SCHEMA
+from x2i.engine.manifest import Manifest
 from x2i.engine.shards import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir, shard_files
 
 STAGE_RECORD = ".x2i-stage.json"
@@ -140,8 +141,8 @@ def git_blob_sha1(path: Path) -> str:
 
 def _plan(dataset: Path, cfg: PublishConfig) -> dict[str, list[dict[str, Any]]]:
     """Output file -> the built shards (in order) it is made of; zero-row shards are left out."""
-    by_task: dict[str, list[dict[str, Any]]] = {}
-    for path in shard_files(dataset):
+    by_task: dict[tuple[str, str], list[dict[str, Any]]] = {}  # (task, split) -> its shards
+    for split, path in [(s, p) for s in ("train", "test") for p in shard_files(dataset, s)]:
         md = pq.ParquetFile(path).metadata
         if md.num_rows == 0:
             continue  # a task whose shards hold no rows gets no files and so no config
@@ -150,13 +151,13 @@ def _plan(dataset: Path, cfg: PublishConfig) -> dict[str, list[dict[str, Any]]]:
             raise X2IError(f"{path}: a shard should hold one task, this one holds {names}")
         task = names[0]
         st = path.stat()
-        by_task.setdefault(task, []).append({"path": str(path.relative_to(dataset)), "rows": md.num_rows,
-                                             "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+        by_task.setdefault((task, split), []).append({"path": str(path.relative_to(dataset)), "rows": md.num_rows,
+                                                      "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
     plan: dict[str, list[dict[str, Any]]] = {}
     folders: dict[str, str] = {}
-    for task, shards in sorted(by_task.items()):
+    for (task, split), shards in sorted(by_task.items()):
         folder = hub_task_dir(task)
-        if folder in folders:
+        if folders.get(folder, task) != task:
             raise X2IError(f"tasks {folders[folder]!r} and {task!r} would share the folder data/{folder}")
         folders[folder] = task
         groups: list[list[dict[str, Any]]] = []
@@ -169,7 +170,8 @@ def _plan(dataset: Path, cfg: PublishConfig) -> dict[str, list[dict[str, Any]]]:
             raise X2IError(f"task {task} would need {len(groups)} files in one folder (the Hub allows "
                            f"{MAX_FILES_PER_FOLDER}); raise the shard size")
         for k, group in enumerate(groups):
-            plan[f"data/{folder}/train-{k:05d}-of-{len(groups):05d}.parquet"] = [{"task": task, **s} for s in group]
+            # `<split>-NNNNN-of-NNNNN.parquet`: the split is in the name, as the Hub's own layout has it.
+            plan[f"data/{folder}/{split}-{k:05d}-of-{len(groups):05d}.parquet"] = [{"task": task, **s} for s in group]
     return plan
 
 
@@ -233,7 +235,7 @@ def _prepare_stage_dir(out: Path) -> dict[str, Any] | None:
     return None
 
 
-def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest: dict[str, Any] | None = None,
+def stage(dataset: str | Path, out: str | Path, cfg: PublishConfig, *, manifest: Manifest | None = None,
           log=lambda msg: None) -> Staged:
     """Write the Hub repo folder for `dataset` into `out` (data files + README.md); see the module docstring."""
     from x2i.publish.card import render_card  # the card reads the staged files

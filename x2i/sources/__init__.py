@@ -4,39 +4,33 @@ A source turns one partition (a file, a shard) into `Sample`s with task `source`
 counted reason through `ctx.reject`. With no path configured, a source reads the embedded sample written in
 its own format (the shapes world, plus photos shipped inside installed packages), so every command works
 with nothing downloaded.
+
+Each reader registers its format where it is defined (`@register_source("grit")`, x2i/engine/registry.py);
+importing this package imports them all, which is how the registry finds them.
 """
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import Any
 
-from x2i.core.errors import X2IError
-from x2i.engine.recipe import SourceConfig
 from x2i.core.sample import Sample
+from x2i.engine.recipe import SourceConfig
+from x2i.engine.registry import SOURCES
 from x2i.engine.steps import Context
-
-# format name -> "module:Class"; imported on use so a build loads only what it reads.
-SOURCE_FORMATS: dict[str, str] = {
-    "grit": "x2i.sources.grit:GritSource",
-    "omnigen": "x2i.sources.omnigen:OmniGenJsonlSource",
-    "laion": "x2i.sources.laion:LaionSource",
-    "instructpix2pix": "x2i.sources.edits:InstructPix2PixSource",
-    "magicbrush": "x2i.sources.edits:MagicBrushSource",
-    "ultraedit": "x2i.sources.edits:UltraEditSource",
-    "hq_edit": "x2i.sources.edits:HQEditSource",
-    "seed_data_edit": "x2i.sources.seed_edit:SeedDataEditSource",
-    "video": "x2i.sources.video:VideoSource",
-    "image_groups": "x2i.sources.video:ImageGroupsSource",
-}
 
 
 class Source:
     """Base class of source readers."""
 
     format = ""
+    # Whether `path`/`images` may be object-store URIs (the reader opens files through x2i/sources/files.py);
+    # a format that does not refuses a URI before any work, naming itself.
+    reads_uris = False
 
     def __init__(self, config: SourceConfig):
+        from x2i.sources.files import check_source_paths
+
+        check_source_paths(self.format, config, self.reads_uris)
         self.config = config
 
     def partitions(self) -> list[Any]:
@@ -61,8 +55,9 @@ class Source:
 
 
 def make_source(config: SourceConfig) -> Source:
-    target = SOURCE_FORMATS.get(config.format)
-    if target is None:
-        raise X2IError(f"unknown source format {config.format!r}; known: {sorted(SOURCE_FORMATS)}")
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(config)
+    """The registered reader of `config.format` (unknown formats: an error with the closest names)."""
+    return SOURCES.get(config.format)(config)
+
+
+# Last, since each reader subclasses Source: importing them registers their formats.
+from x2i.sources import edits, grit, laion, omnigen, seed_edit, video  # noqa: E402,F401

@@ -38,8 +38,10 @@ IMG2DATASET_TYPES: dict[str, tuple[str, ...]] = {
 
 
 def read_schema(path: str | Path) -> pa.Schema:
+    from x2i.sources.files import read_schema as read  # a local path, or an object-store URI
+
     try:
-        return pq.read_schema(path)
+        return read(path)
     except (OSError, pa.ArrowException) as exc:
         raise SourceError(path, f"not a readable parquet file ({exc})") from None
 

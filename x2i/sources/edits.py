@@ -15,8 +15,9 @@ Each row becomes a `source` sample: `input_images = [source]`, `output_image = e
 text`, the dataset's mask (if any) in `meta["_mask"]` for the image_edit builder, the row's other columns in meta.
 Options: `chains` (MagicBrush): also one sample per session prefix, from the original image to turn k's target
 with the turns' instructions in order (OmniGen-style multi-turn data); `inverse` (HQ-Edit): also the inverse
-edit (output -> input with `inverse_edit`). Files are read a few rows at a time (bounded memory); one file is
-one build partition. A bad row (missing or corrupt image, empty instruction) is a counted reject naming file
+edit (output -> input with `inverse_edit`). Files are read a few rows at a time (bounded memory); a file is one
+build partition, or several row spans when it holds more than `rows_per_partition` rows (MagicBrush spans never
+cut a session: x2i/sources/parquet_parts.py). A bad row (missing or corrupt image, empty instruction) is a counted reject naming file
 and row; a missing column stops the build at planning time naming file and column.
 """
 from __future__ import annotations
@@ -36,7 +37,10 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.core.imageio import EncodedImage, ImageError, encode, load
 from x2i.core.masks import mask_from_image, mask_from_pair
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
+from x2i.sources.parquet_parts import (DEFAULT_ROWS_PER_PARTITION, RowSpan, check_rows_per_partition, iter_span,
+                                       span_label, split_file)
 from x2i.engine.steps import Context
 
 ROWS_PER_BATCH = 8  # rows decoded at a time: edit rows carry 2-3 full-size images each
@@ -47,6 +51,11 @@ class EditOptions:
     embedded: dict[str, Any] | None = None  # options of the embedded sample (MagicBrush format only)
     chains: bool = True  # MagicBrush: also the samples from the original image to each later turn's target
     inverse: bool = True  # HQ-Edit: also the inverse edit as a second sample
+    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION  # a bigger file is split into row spans
+
+
+def path_of(partition: str | RowSpan) -> str:
+    return partition.path if isinstance(partition, RowSpan) else partition
 
 
 def join_instructions(texts: list[str]) -> str:
@@ -102,8 +111,11 @@ class ParquetEditSource(Source):
             self.root = Path(config.path)
         if self.options.embedded is not None and not self.embedded:
             raise X2IError("source.options.embedded applies only without a source path")
+        check_rows_per_partition(self.options.rows_per_partition)
 
-    def partitions(self) -> list[str]:
+    session_column: str | None = None  # rows sharing its value are never split over two partitions
+
+    def partitions(self) -> list[str | RowSpan]:
         root = self.root
         if not root.exists():
             raise SourceError(root, "no such file or directory")
@@ -115,7 +127,8 @@ class ParquetEditSource(Source):
             for role in ("source", "target", "instruction"):
                 if self.roles[role] not in names:
                     raise SourceError(f, f"missing column '{self.roles[role]}' ({self.help})")
-        return [str(f) for f in files]
+        return [part for f in files for part in split_file(str(f), self.options.rows_per_partition,
+                                                          self.session_column)]
 
     def column_types(self) -> dict[str, tuple[str, ...]]:
         """Image roles hold HF Image structs (or raw bytes), text roles strings."""
@@ -125,11 +138,15 @@ class ParquetEditSource(Source):
             types[self.roles["key"]] = ("string", "number")
         return types
 
-    def count(self, partition: str) -> int:
+    def count(self, partition: str | RowSpan) -> int:
+        if isinstance(partition, RowSpan):
+            return partition.stop - partition.start
         return pq.ParquetFile(partition).metadata.num_rows
 
-    def label(self, partition: str) -> str:
+    def label(self, partition: str | RowSpan) -> str:
         root = self.root if self.root.is_dir() else self.root.parent
+        if isinstance(partition, RowSpan):
+            return span_label(partition.path, partition.start, partition.stop, root)
         return str(Path(partition).relative_to(root))
 
     def describe(self) -> dict[str, Any]:
@@ -141,9 +158,14 @@ class ParquetEditSource(Source):
         wanted = list(self.roles.values()) + list(self.meta_columns)
         return [c for c in dict.fromkeys(wanted) if c in names]
 
-    def rows(self, path: str, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
-        pf = pq.ParquetFile(path)
+    def rows(self, partition: str | RowSpan, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(row number in the file, row) of the partition's first `limit` rows."""
+        pf = pq.ParquetFile(path_of(partition))
         columns = self._columns(pf.schema_arrow.names)
+        if isinstance(partition, RowSpan):
+            stop = partition.stop if limit is None else min(partition.stop, partition.start + limit)
+            yield from iter_span(pf, partition.start, stop, ROWS_PER_BATCH, columns)
+            return
         n = 0
         for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
             for row in batch.to_pylist():
@@ -196,13 +218,15 @@ class ParquetEditSource(Source):
             return str(row[col])
         return f"{Path(path).stem}#{n}"
 
-    def read(self, partition: str, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+    def read(self, partition: str | RowSpan, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+        path = path_of(partition)
         for n, row in self.rows(partition, limit):
-            sample = self.pair(row, self.key(row, partition, n), ctx, partition, n)
+            sample = self.pair(row, self.key(row, path, n), ctx, path, n)
             if sample is not None:
                 yield sample
 
 
+@register_source("instructpix2pix")
 class InstructPix2PixSource(ParquetEditSource):
     format = "instructpix2pix"
     roles = {"source": "original_image", "target": "edited_image", "instruction": "edit_prompt"}
@@ -210,6 +234,7 @@ class InstructPix2PixSource(ParquetEditSource):
     help = "InstructPix2Pix columns: original_prompt, original_image, edit_prompt, edited_prompt, edited_image"
 
 
+@register_source("ultraedit")
 class UltraEditSource(ParquetEditSource):
     format = "ultraedit"
     roles = {"source": "source_image", "target": "edited_image", "instruction": "edit_prompt", "mask": "mask_image",
@@ -220,46 +245,51 @@ class UltraEditSource(ParquetEditSource):
             "source_caption, target_caption, idx, edit_prompt, source_image, edited_image[, edit_object, mask_image]")
 
 
+@register_source("hq_edit")
 class HQEditSource(ParquetEditSource):
     format = "hq_edit"
     roles = {"source": "input_image", "target": "output_image", "instruction": "edit", "inverse": "inverse_edit"}
     meta_columns = ("input", "output")
     help = "HQ-Edit columns: input, input_image, edit, inverse_edit, output, output_image"
 
-    def read(self, partition: str, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+    def read(self, partition: str | RowSpan, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+        path = path_of(partition)
         for n, row in self.rows(partition, limit):
-            key = self.key(row, partition, n)
-            forward = self.pair(row, key, ctx, partition, n)
+            key = self.key(row, path, n)
+            forward = self.pair(row, key, ctx, path, n)
             if forward is not None:
                 yield forward
             if self.options.inverse and "inverse_edit" in row:
-                inverse = self.pair(row, f"{key}#inverse", ctx, partition, n, source_col="target",
+                inverse = self.pair(row, f"{key}#inverse", ctx, path, n, source_col="target",
                                     target_col="source", instruction_col="inverse", kind="inverse")
                 if inverse is not None:
                     yield inverse
 
 
+@register_source("magicbrush")
 class MagicBrushSource(ParquetEditSource):
     format = "magicbrush"
     roles = {"source": "source_img", "target": "target_img", "instruction": "instruction", "mask": "mask_img"}
     meta_columns = ("img_id", "turn_index")
     help = "MagicBrush columns: img_id, turn_index, source_img, mask_img, instruction, target_img"
+    session_column = "img_id"  # a session's turns (and so its chains) stay in one partition
 
-    def read(self, partition: str, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+    def read(self, partition: str | RowSpan, ctx: Context, limit: int | None = None) -> Iterator[Sample]:
+        path = path_of(partition)
         session: list[tuple[int, Sample, EncodedImage | None]] = []
         current = None
         for n, row in self.rows(partition, limit):
             img_id, turn = row.get("img_id"), row.get("turn_index")
             if img_id != current:
-                yield from self._chains(session, ctx, partition)
+                yield from self._chains(session, ctx, path)
                 session, current = [], img_id
-            key = f"{img_id}#{turn}" if img_id is not None else self.key(row, partition, n)
-            sample = self.pair(row, key, ctx, partition, n, kind="turn")
+            key = f"{img_id}#{turn}" if img_id is not None else self.key(row, path, n)
+            sample = self.pair(row, key, ctx, path, n, kind="turn")
             if sample is not None:
                 if isinstance(turn, int):  # kept before the builder consumes the sample's transient mask
                     session.append((turn, sample, sample.meta.get("_mask")))
                 yield sample
-        yield from self._chains(session, ctx, partition)
+        yield from self._chains(session, ctx, path)
 
     def _chains(self, session: list[tuple[int, Sample, EncodedImage | None]], ctx: Context,
                 path: str) -> Iterator[Sample]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,11 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
 from x2i.core.imageio import ImageError, load
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
+from x2i.sources.files import UriPath, parquet_file, source_path
+from x2i.sources.parquet_parts import DEFAULT_ROWS_PER_PARTITION, check_rows_per_partition
 from x2i.engine.steps import Context
 
 # GRIT-20M's published columns (noun_chunks/ref_exps: lists of [start, end, x1, y1, x2, y2, score], or the same
@@ -107,7 +110,7 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """url -> GRIT row, for the split layout (metadata parquet + separate images)."""
     index: dict[str, dict[str, Any]] = {}
     for path in paths:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
         for batch in pf.iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 if row.get("url"):
@@ -115,14 +118,20 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return index
 
 
+@register_source("grit")
 class GritSource(Source):
     format = "grit"
+    reads_uris = True  # metadata parquet and img2dataset output may be on s3://, gs://, hf:// (x2i/sources/files.py)
 
     def __init__(self, config):
         super().__init__(config)
-        unknown = sorted(set(config.options) - {"embedded"})
+        unknown = sorted(set(config.options) - {"embedded", "rows_per_partition"})
         if unknown:
-            raise X2IError(f"source.options: unknown key(s) {unknown} for format grit; allowed: ['embedded']")
+            raise X2IError(f"source.options: unknown key(s) {unknown} for format grit; allowed: ['embedded', "
+                           "'rows_per_partition']")
+        # img2dataset parquet shards bigger than this are split into partitions of whole row groups/row spans
+        self.rows_per_partition = check_rows_per_partition(
+            config.options.get("rows_per_partition", DEFAULT_ROWS_PER_PARTITION))
         if config.path is None and config.images is None:
             from x2i.shapes.embedded import embedded_source
 
@@ -131,12 +140,12 @@ class GritSource(Source):
             self.metadata_files: tuple[str, ...] = ()
         else:
             self.embedded = False
-            meta_path = Path(config.path) if config.path and config.images else None
-            self.images_root = Path(config.images or config.path)
+            meta_path = source_path(config.path) if config.path and config.images else None
+            self.images_root = source_path(config.images or config.path)
             self.metadata_files = self._metadata_files(meta_path) if meta_path else ()
 
     @staticmethod
-    def _metadata_files(path: Path) -> tuple[str, ...]:
+    def _metadata_files(path: Path | UriPath) -> tuple[str, ...]:
         if not path.exists():
             raise SourceError(path, "no such file or directory")
         files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
@@ -163,14 +172,18 @@ class GritSource(Source):
                             raise SourceError(where, f"missing column '{col}': download GRIT with img2dataset "
                                                      "--save_additional_columns, or give the GRIT parquet as "
                                                      "source path and this folder as images")
-        return shards
+        return i2d.split_shards(shards, self.rows_per_partition)
 
     def count(self, partition: i2d.Shard) -> int:
         return i2d.count(partition)
 
     def label(self, partition: i2d.Shard) -> str:
-        root = self.images_root if self.images_root.is_dir() else self.images_root.parent
-        return str(Path(partition.path).relative_to(root))
+        return i2d.shard_label(partition, self._label_root)
+
+    @cached_property
+    def _label_root(self) -> Path | UriPath:
+        """What labels are relative to (looked up once: on an object store each look is a request)."""
+        return self.images_root if self.images_root.is_dir() else self.images_root.parent
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.config.path, "images": self.config.images,

@@ -9,6 +9,12 @@ Layout written by img2dataset (and by our shapes world):
   (or `png`/`webp`, per `--encode_format`). Hugging Face mirrors that store an `image` struct column
   `{bytes, path}` are read the same way.
 
+The output may be on an object store (s3://, gs://, hf://): paths and files go through x2i/sources/files.py, so
+a shard's `path` is then its URI, and tars are streamed from the store.
+
+A parquet shard bigger than a partition's worth of rows is split into row spans (`split_shards`,
+x2i/sources/parquet_parts.py); a tar is read as one stream, so it stays one partition.
+
 Records of failed downloads are yielded too (image None, with their status) so callers can count them:
 a failed URL is a rejected sample with a reason, and the rejects ledger keeps its URL for a retry.
 """
@@ -25,6 +31,8 @@ import pyarrow.parquet as pq
 
 from x2i.core.errors import SourceError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types, read_schema
+from x2i.sources.files import UriPath, open_file, open_tar, parquet_file, relative, source_path
+from x2i.sources.parquet_parts import iter_span, span_label, split_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 IMAGE_COLUMNS = ("jpg", "jpeg", "png", "webp", "image")
@@ -37,6 +45,7 @@ class Shard:
     path: str
     kind: str  # "tar" | "parquet"
     sidecar: str | None = None  # the metadata parquet beside a tar
+    rows: tuple[int, int] | None = None  # rows [start, stop) of a split parquet shard; None: all of it
 
 
 @dataclass
@@ -54,9 +63,9 @@ def _image_column(names: list[str]) -> str | None:
     return next((c for c in IMAGE_COLUMNS if c in names), None)
 
 
-def find_shards(root: str | Path) -> list[Shard]:
+def find_shards(root: str | Path | UriPath) -> list[Shard]:
     """The shards under an img2dataset output folder (or a single tar/parquet file), in name order."""
-    root = Path(root)
+    root = source_path(str(root))
     if not root.exists():
         raise SourceError(root, "no such file or directory")
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
@@ -82,6 +91,25 @@ def find_shards(root: str | Path) -> list[Shard]:
     return shards
 
 
+def split_shards(shards: list[Shard], rows_per_partition: int) -> list[Shard]:
+    """Parquet shards of more than `rows_per_partition` rows as several row-span shards, in row order."""
+    out = []
+    for shard in shards:
+        if shard.kind != "parquet":
+            out.append(shard)
+            continue
+        out += [shard if isinstance(part, str) else Shard(shard.path, "parquet", rows=(part.start, part.stop))
+                for part in split_file(shard.path, rows_per_partition)]
+    return out
+
+
+def shard_label(shard: Shard, root: Path | UriPath) -> str:
+    """The shard's path under `root`, with `[start:stop]` for a row span of a split shard."""
+    if shard.rows is None:
+        return relative(shard.path, root)
+    return span_label(shard.path, *shard.rows, root)
+
+
 def metadata_columns(shard: Shard) -> list[str]:
     """Column names of a shard's metadata (sidecar or the parquet itself); [] for a tar without sidecar."""
     schema = metadata_schema(shard)
@@ -101,13 +129,15 @@ def _status(meta: dict[str, Any]) -> str:
 
 def count(shard: Shard) -> int:
     """Number of records a shard will yield (successful and failed), read from metadata where possible."""
+    if shard.rows is not None:
+        return shard.rows[1] - shard.rows[0]
     if shard.kind == "parquet":
-        return pq.ParquetFile(shard.path).metadata.num_rows
+        return parquet_file(shard.path).metadata.num_rows
     if shard.sidecar:
-        return pq.ParquetFile(shard.sidecar).metadata.num_rows
+        return parquet_file(shard.sidecar).metadata.num_rows
     keys = set()
     try:
-        with tarfile.open(shard.path, "r|*") as tar:
+        with open_tar(shard.path) as tar:
             for member in tar:
                 if member.isfile():
                     keys.add(Path(member.name).name.split(".", 1)[0])
@@ -121,7 +151,7 @@ def _sidecar_rows(shard: Shard) -> dict[str, dict[str, Any]]:
     if not shard.sidecar:
         return {}
     rows: dict[str, dict[str, Any]] = {}
-    for batch in pq.ParquetFile(shard.sidecar).iter_batches(batch_size=4096):
+    for batch in parquet_file(shard.sidecar).iter_batches(batch_size=4096):
         for row in batch.to_pylist():
             rows[str(row.get("key"))] = row
     return rows
@@ -129,7 +159,7 @@ def _sidecar_rows(shard: Shard) -> dict[str, dict[str, Any]]:
 
 def _has_end_marker(path: str) -> bool:
     """A complete tar ends with (at least) two zero blocks; a killed writer leaves none."""
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         f.seek(0, 2)
         if f.tell() < 1024:
             return False
@@ -165,7 +195,7 @@ def _tar_records(shard: Shard, sidecar: dict[str, dict[str, Any]]) -> Iterator[R
 
     damaged = None
     try:
-        with tarfile.open(shard.path, "r|*") as tar:
+        with open_tar(shard.path) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -186,20 +216,29 @@ def _tar_records(shard: Shard, sidecar: dict[str, dict[str, Any]]) -> Iterator[R
         yield Record(f"{Path(shard.path).name}#truncated", {}, None, "tar_truncated", damaged, shard.path)
 
 
-def _parquet_records(shard: Shard) -> Iterator[Record]:
-    pf = pq.ParquetFile(shard.path)
-    image_col = _image_column(pf.schema_arrow.names)
+def _numbered_rows(shard: Shard, pf: pq.ParquetFile) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number in the file, row) of the shard's rows."""
+    if shard.rows is not None:
+        yield from iter_span(pf, *shard.rows, batch_size=64)
+        return
     for batch_index, batch in enumerate(pf.iter_batches(batch_size=64)):
         for i, row in enumerate(batch.to_pylist()):
-            blob = row.pop(image_col, None)
-            if isinstance(blob, dict):  # Hugging Face Image struct {bytes, path}
-                blob = blob.get("bytes")
-            status = _status(row)
-            if blob is None and status == "success":
-                status = "image_missing"
-            key = row.get("key")
-            key = str(key) if key is not None else f"{Path(shard.path).stem}#{batch_index * 64 + i}"
-            yield Record(key, row, blob, status, row.get("error_message"), shard.path)
+            yield batch_index * 64 + i, row
+
+
+def _parquet_records(shard: Shard) -> Iterator[Record]:
+    pf = parquet_file(shard.path)
+    image_col = _image_column(pf.schema_arrow.names)
+    for n, row in _numbered_rows(shard, pf):
+        blob = row.pop(image_col, None)
+        if isinstance(blob, dict):  # Hugging Face Image struct {bytes, path}
+            blob = blob.get("bytes")
+        status = _status(row)
+        if blob is None and status == "success":
+            status = "image_missing"
+        key = row.get("key")
+        key = str(key) if key is not None else f"{Path(shard.path).stem}#{n}"
+        yield Record(key, row, blob, status, row.get("error_message"), shard.path)
 
 
 def iter_records(shard: Shard) -> Iterator[Record]:

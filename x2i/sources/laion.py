@@ -19,9 +19,10 @@ Layouts (`source.path` / `source.images` / `source.options`):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,12 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.sources.columns import IMG2DATASET_TYPES, check_file, check_types
 from x2i.core.imageio import ImageError, load
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources import img2dataset as i2d
-from x2i.engine.steps import Context
+from x2i.sources.files import UriPath, parquet_file, read_schema, source_path
+from x2i.sources.parquet_parts import iter_span
+from x2i.engine.steps import Context, Step
 
 SCORE_COLUMNS = ("similarity", "punsafe", "pwatermark")
 # The published metadata columns (v1 and v2 spellings) and img2dataset's columns of a downloaded copy.
@@ -51,7 +55,9 @@ class LaionOptions:
     embedded: dict[str, Any] | None = None  # options of the embedded sample (scenes, size, seed, ...)
     download: bool = False  # fetch the images of a LAION parquet during the build
     downloader: dict[str, Any] = field(default_factory=dict)  # x2i.download.fetch.DownloadConfig fields
-    rows_per_partition: int = 2000  # download mode: LAION rows per build partition
+    # Rows per build partition: LAION rows to download (download mode), and the most rows of an img2dataset
+    # parquet shard before it is split into row spans (the other modes; x2i/sources/parquet_parts.py).
+    rows_per_partition: int = 2000
 
 
 @dataclass(frozen=True)
@@ -67,15 +73,54 @@ def version_of(columns: list[str]) -> int | None:
     return next((v for c, v in AESTHETIC_COLUMNS.items() if c in columns), None)
 
 
-def check_columns(where: Any, columns: list[str], url: str, text: str) -> int:
-    """The LAION version of a file; SourceError naming the first missing column."""
-    for col in (url, text, "punsafe", "pwatermark"):
+def check_columns(where: Any, columns: list[str], url: str, text: str) -> int | None:
+    """The LAION version of a file (None: no aesthetic column); SourceError naming a missing URL/TEXT column.
+    The score columns are not required here: a filter that is on needs its column, one that is off (null)
+    does not, and only the builder knows which are on (`require_columns`)."""
+    for col in (url, text):
         if col not in columns:
             raise SourceError(where, f"missing column '{col}' ({COLUMNS_HELP})")
-    version = version_of(columns)
-    if version is None:
-        raise SourceError(where, f"missing column 'aesthetic' (v1) or 'AESTHETIC_SCORE' (v2) ({COLUMNS_HELP})")
-    return version
+    return version_of(columns)
+
+
+def metadata_names(columns: list[str]) -> tuple[str, str]:
+    """The URL and caption columns of a LAION-like metadata file: LAION's URL/TEXT, else img2dataset's
+    url/caption (a plain URL list)."""
+    url = "URL" if "URL" in columns or "url" not in columns else "url"
+    text = "TEXT" if "TEXT" in columns or "caption" not in columns else "caption"
+    return url, text
+
+
+def require_columns(config: Any, needs: dict[str, str]) -> None:
+    """Stop (SourceError) when a file of the source lacks a score column a filter that is on reads.
+    `needs`: column -> the parameter that turns its filter off ("aesthetic" means aesthetic or AESTHETIC_SCORE).
+    Files whose columns are not recorded anywhere (tars without a parquet sidecar) are checked row by row."""
+    if not needs or (config.path is None and config.images is None):  # the embedded sample has every column
+        return
+    for where, columns in _source_columns(config.format, config.path, config.images,
+                                          bool((config.options or {}).get("download"))):
+        for column, param in needs.items():
+            present = version_of(list(columns)) is not None if column == "aesthetic" else column in columns
+            if not present:
+                name = "aesthetic' (v1) or 'AESTHETIC_SCORE' (v2" if column == "aesthetic" else column
+                raise SourceError(where, f"missing column '{name}', which the filter {param} reads: add the column, "
+                                  f"or turn the filter off with --set {param}=null ({COLUMNS_HELP})")
+
+
+@lru_cache(maxsize=8)
+def _source_columns(fmt: str, path: str | None, images: str | None, download: bool) -> tuple[tuple[str, tuple], ...]:
+    """(file, its column names) of every file that carries the LAION columns, read once per process."""
+    from x2i.engine.recipe import SourceConfig
+
+    source = LaionSource(SourceConfig(fmt, path, images, {"download": download} if download else {}))
+    if source.metadata_files:
+        return tuple((f, tuple(_schema_names(Path(f)))) for f in source.metadata_files)
+    found = []
+    for shard in i2d.find_shards(source.root):
+        schema = i2d.metadata_schema(shard)
+        if schema is not None and schema.names:
+            found.append((str(shard.sidecar or shard.path), tuple(schema.names)))
+    return tuple(found)
 
 
 def _number(value: Any) -> float | None:
@@ -106,7 +151,7 @@ def laion_meta(row: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _files(path: Path) -> list[Path]:
+def _files(path: Path | UriPath) -> list[Path | UriPath]:
     if not path.exists():
         raise SourceError(path, "no such file or directory")
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
@@ -115,14 +160,14 @@ def _files(path: Path) -> list[Path]:
     return files
 
 
-def _schema_names(path: Path) -> list[str]:
+def _schema_names(path: Path | UriPath) -> list[str]:
     try:
-        return pq.read_schema(path).names
+        return read_schema(path).names
     except Exception as exc:
         raise SourceError(path, f"not a readable parquet file ({exc})") from None
 
 
-def _is_img2dataset(path: Path) -> bool:
+def _is_img2dataset(path: Path | UriPath) -> bool:
     """An img2dataset output (tars, or parquet with an image column) rather than LAION metadata."""
     if path.is_file():
         return path.suffix == ".tar" or (path.suffix == ".parquet" and i2d._image_column(_schema_names(path)))
@@ -134,7 +179,7 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """url -> LAION row, for the join layout (only the columns x2i uses are read)."""
     index: dict[str, dict[str, Any]] = {}
     for path in paths:
-        pf = pq.ParquetFile(path)
+        pf = parquet_file(path)
         cols = [c for c in pf.schema_arrow.names if c in ("URL", "TEXT", "WIDTH", "HEIGHT", "hash", *SCORE_COLUMNS,
                                                           *AESTHETIC_COLUMNS)]
         for batch in pf.iter_batches(batch_size=8192, columns=cols):
@@ -144,8 +189,10 @@ def _metadata_index(paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return index
 
 
+@register_source("laion")
 class LaionSource(Source):
     format = "laion"
+    reads_uris = True  # metadata parquet and img2dataset output may be on s3://, gs://, hf:// (x2i/sources/files.py)
 
     def __init__(self, config):
         super().__init__(config)
@@ -163,14 +210,14 @@ class LaionSource(Source):
 
             self.mode, self.root = "images", embedded_source("laion", self.options.embedded)
         elif config.path is None:
-            self.mode, self.root = "images", Path(config.images)
+            self.mode, self.root = "images", source_path(config.images)
         elif config.images is not None:
-            self.mode, self.root = "join", Path(config.images)
-            self.metadata_files = self._metadata(Path(config.path))
-        elif _is_img2dataset(Path(config.path)):
-            self.mode, self.root = "images", Path(config.path)
+            self.mode, self.root = "join", source_path(config.images)
+            self.metadata_files = self._metadata(source_path(config.path))
+        elif _is_img2dataset(source_path(config.path)):
+            self.mode, self.root = "images", source_path(config.path)
         else:
-            self.mode, self.root = "download", Path(config.path)
+            self.mode, self.root = "download", source_path(config.path)
             self.metadata_files = self._metadata(self.root)
             if not self.options.download:
                 raise SourceError(self.root, "LAION metadata without images: give the img2dataset output of it "
@@ -179,10 +226,11 @@ class LaionSource(Source):
             raise X2IError("source.options.download needs LAION parquet as source path and no source images")
 
     @staticmethod
-    def _metadata(path: Path) -> tuple[str, ...]:
+    def _metadata(path: Path | UriPath) -> tuple[str, ...]:
         files = _files(path)
         for f in files:
-            check_columns(f, check_file(f, LAION_TYPES).names, "URL", "TEXT")
+            names = check_file(f, LAION_TYPES).names
+            check_columns(f, names, *metadata_names(names))
         return tuple(str(f) for f in files)
 
     # -- planning --------------------------------------------------------------------------------------------
@@ -190,7 +238,7 @@ class LaionSource(Source):
         if self.mode == "download":
             parts = []
             for f in self.metadata_files:
-                n = pq.ParquetFile(f).metadata.num_rows
+                n = parquet_file(f).metadata.num_rows
                 step = self.options.rows_per_partition
                 parts += [RowRange(f, start, min(n, start + step)) for start in range(0, n, step)]
             return parts
@@ -202,7 +250,7 @@ class LaionSource(Source):
                 if cols:
                     check_types(shard.sidecar or shard.path, schema, LAION_TYPES)
                     check_columns(shard.sidecar or shard.path, cols, "url", "caption")
-        return shards
+        return i2d.split_shards(shards, self.options.rows_per_partition)
 
     def count(self, partition: Any) -> int:
         if isinstance(partition, RowRange):
@@ -212,8 +260,12 @@ class LaionSource(Source):
     def label(self, partition: Any) -> str:
         if isinstance(partition, RowRange):
             return f"{Path(partition.path).name}[{partition.start}:{partition.stop}]"
-        root = self.root if self.root.is_dir() else self.root.parent
-        return str(Path(partition.path).relative_to(root))
+        return i2d.shard_label(partition, self._label_root)
+
+    @cached_property
+    def _label_root(self) -> Path | UriPath:
+        """What labels are relative to (looked up once: on an object store each look is a request)."""
+        return self.root if self.root.is_dir() else self.root.parent
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.config.path, "images": self.config.images, "mode": self.mode,
@@ -272,40 +324,13 @@ class LaionSource(Source):
 
     def _rows(self, part: RowRange, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
         stop = part.stop if limit is None else min(part.stop, part.start + limit)
-        pf = pq.ParquetFile(part.path)
-        pos = 0
-        for batch in pf.iter_batches(batch_size=1024):
-            if pos + batch.num_rows <= part.start:
-                pos += batch.num_rows
-                continue
-            for row in batch.to_pylist():
-                if part.start <= pos < stop:
-                    yield pos, row
-                pos += 1
-                if pos >= stop:
-                    return
+        # Only the row groups holding the range are read (not every row before it, once per partition).
+        yield from iter_span(parquet_file(part.path), part.start, stop, batch_size=1024)
 
     def _read_download(self, part: RowRange, ctx: Context, limit: int | None) -> Iterator[Sample]:
-        from x2i.download.fetch import Downloader
-
-        downloader = Downloader(self.download_config)
+        """Rows as samples without an image yet: the builder filters them on their metadata first (a row its
+        thresholds rule out is never fetched), then `FetchStep` downloads the rest."""
         stem = Path(part.path).name
-        pending: list[tuple[str, dict[str, Any]]] = []
-
-        def flush() -> Iterator[Sample]:
-            results = downloader.fetch_many([m["url"] for _, m in pending])
-            for (key, meta), res in zip(pending, results):
-                info = {"url": res.url, "status": res.status, "http_status": res.http_status, "error": res.error,
-                        "attempts": res.attempts}
-                if not res.ok:
-                    self._reject(ctx, f"download_{res.status}", res.error or "", key, info)
-                    continue
-                meta["download"] = {k: info[k] for k in ("http_status", "attempts")}
-                sample = self._sample(res.data, key, meta, ctx)
-                if sample is not None:
-                    yield sample
-            pending.clear()
-
         for pos, row in self._rows(part, limit):
             key = f"{stem}#{pos}"
             meta = laion_meta(row)
@@ -316,7 +341,43 @@ class LaionSource(Source):
                 # no point fetching an image nobody can caption
                 self._reject(ctx, "caption_missing", f"TEXT is {meta['caption']!r}", key, {"url": meta["url"]})
                 continue
-            pending.append((key, meta))
-            if len(pending) >= 256:
-                yield from flush()
-        yield from flush()
+            yield Sample(task=SOURCE_TASK, instruction=meta["caption"], output_image=None, source="laion",
+                         source_key=key, meta=meta)
+
+
+class FetchStep(Step):
+    """Download mode: fetch the image of each sample that reached this step (the rows the metadata filters
+    kept), in input order, with `concurrency` requests in flight across the whole stream (no batch boundary
+    where the pipe drains). A failed URL is a reject `download_<status>` whose ledger row keeps the URL."""
+
+    name = "read_laion"  # the ledger's step name for download failures, as when the source fetched them
+
+    def __init__(self, downloader: dict[str, Any]):
+        from x2i.download.fetch import DownloadConfig
+
+        self.config = from_dict(DownloadConfig, downloader, "source.options.downloader")
+
+    def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
+        from x2i.download.fetch import Downloader
+
+        waiting: deque[Sample] = deque()
+
+        def urls() -> Iterator[str]:  # pulled by fetch_many in this thread, as its window has room
+            for sample in samples:
+                waiting.append(sample)
+                yield sample.meta["url"]
+
+        for res in Downloader(self.config).fetch_many(urls()):
+            sample = waiting.popleft()
+            info = {"url": res.url, "status": res.status, "http_status": res.http_status, "error": res.error,
+                    "attempts": res.attempts}
+            if not res.ok:
+                ctx.reject(sample, f"download_{res.status}", self.name, res.error or "", meta=info)
+                continue
+            sample.meta["download"] = {k: info[k] for k in ("http_status", "attempts")}
+            try:
+                sample.output_image = load(res.data or b"", path=f"{sample.source_key.replace('/', '_')}.jpg")
+            except ImageError as exc:
+                ctx.reject(sample, exc.reason, self.name, str(exc), meta={"url": res.url})
+                continue
+            yield sample

@@ -22,6 +22,7 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.core.imageio import ImageError, load
 from x2i.core.safepath import DEFAULT_MAX_FILE_BYTES, FileRejected, read_confined_file
 from x2i.core.sample import Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.engine.steps import Context
 
@@ -67,6 +68,7 @@ def _split(path: Path, per_partition: int) -> list[JsonlRange]:
     return ranges
 
 
+@register_source("omnigen")
 class OmniGenJsonlSource(Source):
     format = "omnigen"
 

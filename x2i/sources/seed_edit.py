@@ -25,6 +25,7 @@ from x2i.core.errors import SourceError, X2IError
 from x2i.core.imageio import EncodedImage, ImageError, load
 from x2i.core.safepath import FileRejected, read_confined_file
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources.edits import join_instructions
 from x2i.engine.steps import Context
@@ -43,6 +44,7 @@ class SeedEditOptions:
     fields: dict[str, str] = field(default_factory=dict)  # single-turn field names: source, target, instruction
 
 
+@register_source("seed_data_edit")
 class SeedDataEditSource(Source):
     format = "seed_data_edit"
 

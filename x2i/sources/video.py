@@ -35,6 +35,7 @@ from x2i.core.config import from_dict
 from x2i.core.errors import SourceError
 from x2i.core.imageio import ImageError, decode
 from x2i.core.sample import SOURCE_TASK, Sample
+from x2i.engine.registry import register_source
 from x2i.sources import Source
 from x2i.sources.grit import parse_chunk
 from x2i.engine.steps import Context
@@ -162,6 +163,7 @@ def frame_entities(record: dict[str, Any] | None) -> list[dict[str, Any]] | None
     return ents
 
 
+@register_source("video")
 class VideoSource(Source):
     format = "video"
     temporal = True
@@ -289,6 +291,7 @@ class VideoSource(Source):
         return read_frames(clip, self.opts.frame_step, self.opts.max_frames)
 
 
+@register_source("image_groups")
 class ImageGroupsSource(VideoSource):
     """A folder per subject: its images are "frames" of one subject without time order."""
 

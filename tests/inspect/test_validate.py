@@ -167,7 +167,7 @@ def test_zero_row_build_is_valid_and_ledgers_are_not_data(tmp_path):
     recipe_file.write_text(yaml.safe_dump(data))
     out = tmp_path / "empty"
     manifest = build(load_recipe(recipe_file), out, limit=12, progress=False, strict=True, allow_empty=True)
-    assert manifest["rows"] == 0 and manifest["rejects_total"] > 0
+    assert manifest.rows == 0 and manifest.rejects_total > 0
     assert list((out / "rejects").glob("*.parquet"))  # the ledgers exist and would fail as data shards
     report = validate(out)
     assert report.ok, _messages(report)

@@ -68,6 +68,6 @@ def test_import_files_written_like_omnigens_toy_data(tmp_path):
     assert sorted(r["task"] for r in rows) == ["image_edit", "text_to_image"]
     cat = next(r for r in rows if r["task"] == "text_to_image")
     assert (cat["width"], cat["height"]) == (192, 144)  # size policy: centre-cropped to multiples of 16
-    assert manifest["rejects"] == {"image_missing": 1, "image_unreadable": 1, "invalid_sample": 1,
+    assert manifest.rejects == {"image_missing": 1, "image_unreadable": 1, "invalid_sample": 1,
                                    "jsonl_malformed": 1}
     assert validate(tmp_path / "out").ok

@@ -4,6 +4,7 @@ import json
 import pytest
 
 import x2i.engine.build as build_module
+import x2i.engine.manifest as manifest_module
 from x2i.engine.build import build
 from x2i.core.errors import X2IError
 from x2i.engine.recipe import load_recipe
@@ -22,7 +23,7 @@ def rows_of(path):
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
     manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False, strict=True)
-    assert len(manifest["partitions"]) >= 3
+    assert len(manifest.partitions) >= 3
     return out, manifest, rows_of(out)
 
 
@@ -48,25 +49,25 @@ def test_interrupted_build_resumes_to_identical_rows(reference, tmp_path, monkey
     monkeypatch.setattr(GritSource, "read", original)
     manifest = build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert rows_of(out) == ref_rows
-    assert manifest["rows"] == ref_manifest["rows"] and manifest["rejects"] == ref_manifest["rejects"]
-    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in ref_manifest["shards"]]
+    assert manifest.rows == ref_manifest.rows and manifest.rejects == ref_manifest.rejects
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in ref_manifest.shards]
 
 
 def test_crash_between_commit_and_completion_record_is_redone(reference, tmp_path, monkeypatch):
     _, _, ref_rows = reference
-    original = build_module.atomic_write_bytes
+    original = manifest_module.atomic_write_bytes  # completion records are written by x2i/engine/manifest.py
 
     def fail_on_record(path, data):
         if path.name == "part-00002.json":
             raise OSError("disk vanished")
         return original(path, data)
 
-    monkeypatch.setattr(build_module, "atomic_write_bytes", fail_on_record)
+    monkeypatch.setattr(manifest_module, "atomic_write_bytes", fail_on_record)
     out = tmp_path / "out"
     with pytest.raises(X2IError, match="partition 2"):
         build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert list(out.rglob("part-00002-*.parquet"))  # committed shards without a completion record
-    monkeypatch.setattr(build_module, "atomic_write_bytes", original)
+    monkeypatch.setattr(manifest_module, "atomic_write_bytes", original)
     build(load_recipe("subject-driven"), out, limit=LIMIT, progress=False)
     assert rows_of(out) == ref_rows
 
@@ -88,11 +89,37 @@ def test_ray_workers_get_every_x2i_and_hub_setting(monkeypatch):
     assert env["HF_HUB_OFFLINE"] == "1" and "SOMETHING_ELSE" not in env
 
 
+def test_ray_workers_get_the_object_store_settings(monkeypatch):
+    """A worker on another node writing to s3:// must reach the driver's store with the driver's credentials."""
+    from x2i.engine.ray_executor import worker_env
+
+    aws = {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_ENDPOINT_URL_S3": "http://minio:9000",
+           "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret", "AWS_SESSION_TOKEN": "token",
+           "AWS_REGION": "eu-west-1", "AWS_PROFILE": "builds"}
+    for k, v in aws.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_SOMETHING_ELSE", "x")
+    env = worker_env()
+    assert {k: env.get(k) for k in aws} == aws and "AWS_SOMETHING_ELSE" not in env
+
+
+def test_a_cluster_build_names_a_relative_source_path(tmp_path):
+    from x2i.engine.partition import PartitionJob
+    from x2i.engine.plan import compile_plan
+    from x2i.engine.ray_executor import relative_paths
+
+    recipe = load_recipe("subject-driven")
+    plan = compile_plan(recipe)
+    recipe.source.path, recipe.source.images = "rel/meta", "s3://bucket/images"
+    job = PartitionJob(plan, 0, None, "p0", None, str(tmp_path / "out"))
+    assert relative_paths(job) == ["source path rel/meta"]
+
+
 def test_ray_executor_gives_identical_rows(reference, tmp_path):
     manifest = build(load_recipe("subject-driven"), tmp_path / "ray", limit=LIMIT, executor="ray", workers=2,
                      progress=False)
     assert rows_of(tmp_path / "ray") == reference[2]
-    assert manifest["rejects"] == reference[1]["rejects"]
+    assert manifest.rejects == reference[1].rejects
 
 
 def test_a_different_plan_is_refused_and_overwrite_replaces(reference, tmp_path):
@@ -103,7 +130,7 @@ def test_a_different_plan_is_refused_and_overwrite_replaces(reference, tmp_path)
     with pytest.raises(X2IError, match="different plan"):
         build(recipe, out, limit=10, progress=False)
     manifest = build(recipe, out, limit=10, overwrite=True, progress=False)
-    assert json.loads((out / "manifest.json").read_text())["recipe"]["seed"] == 5 == manifest["recipe"]["seed"]
+    assert json.loads((out / "manifest.json").read_text())["recipe"]["seed"] == 5 == manifest.recipe["seed"]
     stranger = tmp_path / "not-ours"
     stranger.mkdir()
     (stranger / "precious.txt").write_text("keep me")

@@ -20,7 +20,7 @@ from x2i.model.training.loader import Geometry, LatentCache, LoaderConfig, MixLo
 from x2i.model.training.mix import load_mix  # noqa: E402
 from x2i.engine.shards import PartitionWriter, iter_rows, shard_files  # noqa: E402
 
-from train_helpers import shapes_sample, write_dataset, write_mix  # noqa: E402
+from train_helpers import shapes_sample, write_dataset, write_manifest, write_mix  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +140,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path, tokenizer):
             s.instruction = "An unclosed <img> placeholder"
         writer.write(s)
     shards = [vars(x) for x in writer.commit()]
-    (tmp_path / "bad" / "manifest.json").write_text(json.dumps({"name": "bad", "shards": shards}))
+    write_manifest(tmp_path / "bad", shards, "bad")
     mix = load_mix(write_mix(tmp_path / "m.yaml", [{"path": str(tmp_path / "bad")}]))
     batches = take(make_loader(mix, tokenizer), 20)
     skipped = batches[-1].state["skipped"]

@@ -79,10 +79,10 @@ def test_instructions_name_entities_in_placeholder_order(built):
 def test_rejects_are_counted_with_reasons(built):
     _, manifest, rows = built
     # every scene's background chunk covers the whole image: rejected, counted, never a sample
-    scenes = sum(1 for p in manifest["partitions"] for _ in range(p["source_samples"])) - 5
-    assert manifest["rejects"]["entity_fills_image"] >= scenes
-    assert "invalid_sample" not in manifest["rejects"]
-    assert manifest["rows"] == len(rows) == manifest["tasks"]["subject_driven"]["rows"]
+    scenes = sum(1 for p in manifest.partitions for _ in range(p.source_samples)) - 5
+    assert manifest.rejects["entity_fills_image"] >= scenes
+    assert "invalid_sample" not in manifest.rejects
+    assert manifest.rows == len(rows) == manifest.tasks["subject_driven"].rows
 
 
 def test_same_seed_same_rows_other_seed_other_crops(built, tmp_path):
@@ -97,4 +97,4 @@ def test_same_seed_same_rows_other_seed_other_crops(built, tmp_path):
     rows7 = rows_of(tmp_path / "seed7")
     margins = lambda rs: [e["margin"] for r in rs for e in json.loads(r["meta"])["entities"]]  # noqa: E731
     assert margins(rows7) != margins(rows)
-    assert again["rows"] == len(rows)
+    assert again.rows == len(rows)

@@ -14,6 +14,7 @@ import pytest
 from x2i.engine.build import build
 from x2i.builders.subject_driven import SubjectDrivenStep
 from x2i.core.errors import BuildStopped, SourceError, X2IError
+from x2i.engine.manifest import Policy
 from x2i.engine.recipe import Recipe, load_recipe
 
 
@@ -58,9 +59,9 @@ def test_error_budget_counts_undeclared_errors_as_rejects(monkeypatch, tmp_path)
     bad = first_keys(3)[2]
     fail_on(monkeypatch, {bad}, RuntimeError("boom"))
     manifest = build(load_recipe("subject-driven"), tmp_path / "out", limit=40, progress=False, max_error_rate=0.1)
-    assert manifest["rejects"]["unexpected_error"] == 1
-    assert manifest["unexpected_errors"] == 1
-    assert manifest["policy"] == {"max_error_rate": 0.1, "allow_empty": False}
+    assert manifest.rejects["unexpected_error"] == 1
+    assert manifest.unexpected_errors == 1
+    assert manifest.policy == Policy(max_error_rate=0.1, allow_empty=False)
     ledger = pq.read_table(tmp_path / "out" / "rejects" / "part-00000.parquet").to_pylist()
     row = next(r for r in ledger if r["reason"] == "unexpected_error")
     assert row["source_key"] == bad and "RuntimeError: boom" in row["detail"]
@@ -82,9 +83,9 @@ def test_environment_errors_are_never_budgeted(monkeypatch, tmp_path):
 def test_bad_rows_are_still_data(tmp_path):
     """The embedded source has rows the builder rejects for declared reasons: counted, never a stop."""
     manifest = build(load_recipe("subject-driven"), tmp_path / "out", limit=60, progress=False)
-    assert manifest["rows"] > 0 and manifest["rejects_total"] > 0
-    assert manifest["unexpected_errors"] == 0
-    assert not any(r.startswith("error_") or r == "unexpected_error" for r in manifest["rejects"])
+    assert manifest.rows > 0 and manifest.rejects_total > 0
+    assert manifest.unexpected_errors == 0
+    assert not any(r.startswith("error_") or r == "unexpected_error" for r in manifest.rejects)
 
 
 def test_a_build_that_keeps_no_row_stops_unless_allowed(tmp_path):
@@ -92,8 +93,8 @@ def test_a_build_that_keeps_no_row_stops_unless_allowed(tmp_path):
     with pytest.raises(BuildStopped, match="wrote 0 rows.*entity_crop_too_small.*--allow-empty"):
         build(nothing, tmp_path / "a", limit=20, progress=False)
     manifest = build(nothing, tmp_path / "b", limit=20, progress=False, allow_empty=True)
-    assert manifest["rows"] == 0 and manifest["source_samples"] == 20
-    assert manifest["policy"]["allow_empty"] is True
+    assert manifest.rows == 0 and manifest.source_samples == 20
+    assert manifest.policy.allow_empty is True
 
 
 def test_max_error_rate_out_of_range_is_a_user_error(tmp_path):

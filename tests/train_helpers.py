@@ -1,5 +1,5 @@
 """Helpers shared by the training tests: small x2i datasets written on the spot (shards + manifest.json exactly as
-`x2i build` lays them out) and mix files. (A uniquely named module: every test folder has its own conftest.py.)"""
+`x2i build` lays them out) and mix files. (A uniquely named module in tests/, imported by name.)"""
 from __future__ import annotations
 
 import base64
@@ -15,6 +15,8 @@ from x2i.core.imageio import encode
 from x2i.core.prompt import placeholder
 from x2i.core.sample import Sample
 from x2i.shapes.world import COLORS, make_scene
+from x2i.core.config import from_dict
+from x2i.engine.manifest import Manifest
 from x2i.engine.shards import PartitionWriter
 
 
@@ -62,16 +64,25 @@ def write_dataset(root: Path, rows: dict[str, int], size: int = 32, seed: int = 
                     sample.output_image = encode(sample.output_image.pil().resize((w, h)), "PNG")
                 writer.write(sample)
         shards += [vars(s) for s in writer.commit()]
+    write_manifest(root, shards, name or root.name)
+    return root
+
+
+def write_manifest(root: Path, shards: list[dict], name: str) -> None:
+    """The manifest.json of hand-written shards (`vars(ShardInfo)`), complete as `x2i build` writes it."""
     tasks = {}
     for s in shards:
         t = tasks.setdefault(s["task"], {"rows": 0, "shards": 0, "bytes": 0})
         t["rows"] += s["rows"]
         t["shards"] += 1
         t["bytes"] += s["bytes"]
-    manifest = {"schema_version": 1, "name": name or root.name, "rows": sum(rows.values()), "tasks": tasks,
-                "shards": sorted(shards, key=lambda s: s["path"])}
+    rows = sum(t["rows"] for t in tasks.values())
+    manifest = {"schema_version": 1, "x2i_version": "0.1.0", "created_at": "2025-01-01T00:00:00Z",
+                "name": name, "recipe": {}, "source": {}, "limit": None, "rows": rows,
+                "tasks": tasks, "source_samples": rows, "rejects": {}, "rejects_total": 0,
+                "rejects_files": [], "shards": sorted(shards, key=lambda s: s["path"]), "partitions": []}
+    from_dict(Manifest, manifest)  # the layout x2i writes (x2i/engine/manifest.py), checked here, not at first use
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return root
 
 
 def write_mix(path: Path, datasets: list[dict], **extra) -> Path:

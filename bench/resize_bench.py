@@ -1,0 +1,83 @@
+"""The size policy's resampling: OpenCV INTER_AREA (x2i's fit_pil) vs PIL LANCZOS, speed and PSNR, one run.
+
+    python bench/resize_bench.py [--repeats 20] [--threads 1]
+
+Inputs: the five real photos shipped with scikit-image (astronaut, coffee, chelsea, rocket) and matplotlib
+(grace_hopper), each upscaled once (PIL LANCZOS) to 2048 px on its longer side as a stand-in for a large web
+photo, then fitted to max_side 1024, 512 and 256. Both resamplers are timed alternately on the same images
+(best of `--repeats`); PSNR compares fit_pil's pixels with PIL LANCZOS to the same scaled size and crop.
+`--threads 1` pins OpenCV to one thread (PIL resizes on one), so the ratio compares like with like.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from x2i.core.imageio import fit_pil, scaled_size
+
+
+def photos() -> dict[str, Image.Image]:
+    import matplotlib.cbook as cbook
+    from skimage import data
+
+    out = {name: Image.fromarray(getattr(data, name)()) for name in ("astronaut", "coffee", "chelsea", "rocket")}
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        out["grace_hopper"] = Image.open(io.BytesIO(f.read())).convert("RGB")
+    return out
+
+
+def pil_fit(im: Image.Image, max_side: int) -> Image.Image:
+    _, t = fit_pil(im, max_side)
+    scaled = im.resize(scaled_size(im.width, im.height, t.scale), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return scaled.crop((t.crop_left, t.crop_top, t.crop_left + t.width, t.crop_top + t.height))
+
+
+def best(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    cv2.setNumThreads(a.threads)
+    big = {}
+    for name, im in photos().items():
+        s = 2048 / max(im.size)
+        big[name] = im.resize((round(im.width * s), round(im.height * s)), Image.Resampling.LANCZOS)
+    rows = []
+    for max_side in (1024, 512, 256):
+        t_pil = t_cv = 0.0
+        worst = 1e9
+        for name, im in big.items():
+            t_pil += best(lambda: pil_fit(im, max_side), a.repeats)
+            t_cv += best(lambda: fit_pil(im, max_side), a.repeats)
+            x = np.asarray(fit_pil(im, max_side)[0], dtype=np.float64)
+            y = np.asarray(pil_fit(im, max_side), dtype=np.float64)
+            worst = min(worst, 10 * np.log10(255.0 ** 2 / np.mean((x - y) ** 2)))
+        n = len(big)
+        rows.append({"max_side": max_side, "pil_ms": round(t_pil / n * 1e3, 2), "cv2_ms": round(t_cv / n * 1e3, 2),
+                     "pil_over_cv2": round(t_pil / t_cv, 2), "min_psnr_db": round(worst, 1)})
+        print(json.dumps(rows[-1]))
+    res = {"load": os.getloadavg(), "cv2_threads": a.threads, "rows": rows}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
