@@ -41,4 +41,4 @@ class Builder:
 
 # Last, since each builder subclasses Builder: importing them registers their names.
 from x2i.builders import (few_shot, image_edit, in_context, layout, omnigen_import,  # noqa: E402,F401
-                          referring_segmentation, subject_driven, text_to_image, vision_control)
+                          referring_segmentation, shapes_proof, subject_driven, text_to_image, vision_control)

@@ -138,3 +138,36 @@ def accuracy(verdicts: list[Verdict]) -> dict[str, float]:
     n = max(1, len(verdicts))
     return {"n": len(verdicts), "color": sum(v.color_ok for v in verdicts) / n,
             "shape": sum(v.shape_ok for v in verdicts) / n, "both": sum(v.both_ok for v in verdicts) / n}
+
+
+# Edits (bench/bench_learning.py --proof edit): the changed object is judged inside the change mask only, the rest
+# against the input image. The mask is grown by one pixel because a generated edge rarely lands on the exact
+# rendered one.
+NEUTRAL = (200, 200, 200)
+
+
+def _grown(mask: np.ndarray, pixels: int = 1) -> np.ndarray:
+    import cv2
+
+    return cv2.dilate(mask.astype(np.uint8), np.ones((2 * pixels + 1,) * 2, np.uint8)) > 0
+
+
+def check_region(image: Image.Image, mask: np.ndarray, want_color: str, want_shape: str) -> Verdict:
+    """Colour and shape of what `image` shows inside `mask`, the rest painted neutral grey."""
+    rgb = np.asarray(image.convert("RGB")).copy()
+    rgb[~_grown(mask)] = NEUTRAL
+    return check(Image.fromarray(rgb), f"small {want_color} {want_shape}")
+
+
+def colour_left(image: Image.Image, mask: np.ndarray, color: str) -> int:
+    """Pixels of shape colour `color` inside `mask` (a removed shape should leave fewer than MIN_PIXELS)."""
+    cmap = colour_map(image)
+    return int(((cmap == _NAMES.index(color)) & _grown(mask)).sum())
+
+
+def unchanged_error(output: Image.Image, source: Image.Image, mask: np.ndarray) -> float:
+    """Mean absolute pixel error (0-1) between output and the edit's source outside the (grown) change mask."""
+    a = np.asarray(output.convert("RGB"), np.float32)
+    b = np.asarray(source.convert("RGB").resize(output.size), np.float32)
+    keep = ~_grown(mask)
+    return float(np.abs(a - b)[keep].mean() / 255.0) if keep.any() else 0.0

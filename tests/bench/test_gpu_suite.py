@@ -31,7 +31,7 @@ def test_gpu_suite_smoke(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh"), "--smoke", str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_suite.json").read_text())
     assert (out / "gpu_suite.md").read_text().startswith("# GPU suite")
