@@ -13,7 +13,7 @@ from .loader import LoaderConfig
 
 
 @dataclass
-class ModelSection:
+class ModelConfig:
     preset: str = "tiny"  # shape of a fresh model: tiny | small | omnigen-v1 (ignored with `init`)
     init: str | None = None  # checkpoint folder to start from (ours, official or diffusers layout)
     overrides: dict[str, Any] = field(default_factory=dict)  # OmniGenConfig fields over the preset (fresh)
@@ -24,7 +24,7 @@ class ModelSection:
 
 
 @dataclass
-class CodecSection:
+class CodecConfig:
     # auto: the checkpoint's codec with `init` (vae/ or codec.json), else pixel. pca: a patch-PCA codec
     # (patch_pca.py) fitted on the mix at the start of the run (or loaded from `path`).
     kind: Literal["auto", "pixel", "vae", "pca"] = "auto"
@@ -38,7 +38,7 @@ class CodecSection:
 
 
 @dataclass
-class OptimSection:
+class OptimConfig:
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -51,7 +51,7 @@ class OptimSection:
 
 
 @dataclass
-class LoraSection:
+class LoRAConfig:
     rank: int = 0  # 0: train every weight; >= 1: LoRA on the attention projections only
     alpha: float | None = None  # default: rank (scale 1)
     dropout: float = 0.0
@@ -61,14 +61,14 @@ class LoraSection:
 
 
 @dataclass
-class EMASection:
+class EMAConfig:
     decay: float = 0.0  # 0: no EMA; e.g. 0.999
     every: int = 1  # update every N optimizer steps
     start_step: int = 0  # copy the weights at this step, average from then on
 
 
 @dataclass
-class DistSection:
+class DistConfig:
     strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp under torchrun, else none
     backend: str | None = None  # default: nccl on GPU, gloo on CPU
 
@@ -88,13 +88,13 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     export: bool = True  # write final/ (and final-ema/) when the run ends
-    model: ModelSection = field(default_factory=ModelSection)
-    codec: CodecSection = field(default_factory=CodecSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
-    optim: OptimSection = field(default_factory=OptimSection)
-    lora: LoraSection = field(default_factory=LoraSection)
-    ema: EMASection = field(default_factory=EMASection)
-    dist: DistSection = field(default_factory=DistSection)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
