@@ -88,7 +88,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
         try:
             im.load()
-        except Exception as exc:
+        except MemoryError:  # the machine, not the image
+            raise
+        except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
             raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
     return im
 
@@ -98,7 +100,7 @@ def _orientation(im: Image.Image) -> int:
         return 1
     try:
         return int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:
+    except (ValueError, TypeError, OSError, SyntaxError, KeyError):  # a broken EXIF block: keep the pixels as they are
         return 1
 
 
