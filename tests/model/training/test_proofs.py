@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_learning.py"
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "bench_learning.py"
 KEYS = {"proof", "colour_accuracy", "shape_accuracy", "chance_colour", "chance_shape", "prompts", "steps",
         "seconds"}
 
