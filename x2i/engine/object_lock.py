@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from x2i.core.storage import Storage, s3_settings, storage_errors
-from x2i.engine.lock import LOCK_NAME, BuildLock, BuildLocked, DriverGone, _host, live_holder, locked_error, pid_alive
+from x2i.engine.lock import (LOCK_NAME, BuildLock, BuildLocked, DriverGuard, _host,
+                             live_holder, locked_error, pid_alive)
 
 SETTLE_S = 1.0
 log = logging.getLogger(__name__)
@@ -177,13 +178,8 @@ def _backend(store: Storage):
 
 
 @dataclass(frozen=True)
-class ObjectDriverGuard:
-    """What a worker needs to know about its driver (pickled into every job); same API as DriverGuard."""
-
-    out: str
-    token: str
-    pid: int
-    host: str
+class ObjectDriverGuard(DriverGuard):
+    """DriverGuard for a build into an object store: the lock is an object (no flock, no workers file)."""
 
     def driver_alive(self) -> bool:
         if self.pid == os.getpid():
@@ -192,11 +188,6 @@ class ObjectDriverGuard:
         if found is None or found[0].get("token") != self.token:
             return False  # no lock, or another build took it over
         return not is_stale(found[0])
-
-    def check(self) -> None:
-        if not self.driver_alive():
-            raise DriverGone(f"the build of {self.out} by pid {self.pid} on host {self.host} is gone "
-                             "(no longer holds the lock); not committing")
 
     def hold_workers(self) -> None:
         """No workers lock on an object store: local pool workers die with their driver (PDEATHSIG), and
