@@ -48,7 +48,7 @@ def sample_images(mix, size: tuple[int, int], limit: int, seed: int = 0) -> torc
     import numpy as np
     import pyarrow.parquet as pq
 
-    from x2i.core.imageio import decode
+    from x2i.core.imageio import ImageError, decode
 
     from ..inference.processor import to_tensor
     from .buckets import fit_to_bucket
@@ -69,7 +69,7 @@ def sample_images(mix, size: tuple[int, int], limit: int, seed: int = 0) -> torc
                 try:
                     out.append(to_tensor(fit_to_bucket(decode(cell["bytes"]), size)))
                     got += 1
-                except Exception:  # noqa: BLE001 - a bad row is skipped here as in training
+                except ImageError:  # a bad row is skipped here as in training
                     continue
             if got >= want:
                 break

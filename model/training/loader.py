@@ -36,7 +36,7 @@ import torch
 
 from x2i.core import prompt as prompt_format
 from x2i.core.errors import X2IError
-from x2i.core.imageio import decode
+from x2i.core.imageio import ImageError, decode
 
 from ..inference.processor import Processor, fit_image, to_tensor
 from ..modeling.transformer import Condition
@@ -237,7 +237,7 @@ class MixLoader(torch.utils.data.IterableDataset):
         if out_latent is None:
             try:
                 out_pixels = to_tensor(fit_to_bucket(decode(data), bucket))
-            except Exception as exc:  # noqa: BLE001 - ImageError and anything PIL raises on damaged bytes
+            except ImageError as exc:  # decode turns anything PIL raises on damaged bytes into an ImageError
                 raise SkipRow(getattr(exc, "reason", "output_image_undecodable")) from None
         instruction = row.get("instruction")
         inputs = [im.get("bytes") if im else None for im in (row.get("input_images") or [])]
@@ -264,7 +264,7 @@ class MixLoader(torch.utils.data.IterableDataset):
             else:
                 try:
                     in_pixels.append(to_tensor(fit_image(decode(raw), self.config.max_input_side, m)))
-                except Exception as exc:  # noqa: BLE001
+                except ImageError as exc:
                     raise SkipRow(getattr(exc, "reason", "input_image_undecodable")) from None
             in_latents.append(latent)
             in_keys.append(key)

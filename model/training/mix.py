@@ -228,11 +228,12 @@ class _ObjectPath:
 
 
 def _row_groups(path: Path | _ObjectPath) -> list[int]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         meta = pq.ParquetFile(path.open_input() if isinstance(path, _ObjectPath) else path).metadata
-    except Exception as exc:  # noqa: BLE001 - any unreadable footer is the same user problem
+    except (OSError, pa.ArrowException) as exc:  # any unreadable footer is the same user problem
         raise X2IError(f"shard {path} is not a readable Parquet file: {exc}") from None
     return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -104,7 +105,7 @@ def build_progress(root: Path) -> tuple[int, int | None] | None:
 def _check_schema(path: Path, rel: str, report: Report) -> bool:
     try:
         pf = pq.ParquetFile(path)
-    except Exception as exc:
+    except (OSError, pa.ArrowException) as exc:
         report.problems.append(Problem(rel, None, None, f"not a readable parquet file: {exc}"))
         return False
     schema = pf.schema_arrow

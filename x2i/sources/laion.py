@@ -26,6 +26,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from x2i.core.config import from_dict
@@ -163,7 +164,7 @@ def _files(path: Path | UriPath) -> list[Path | UriPath]:
 def _schema_names(path: Path | UriPath) -> list[str]:
     try:
         return read_schema(path).names
-    except Exception as exc:
+    except (OSError, pa.ArrowException) as exc:
         raise SourceError(path, f"not a readable parquet file ({exc})") from None
 
 
