@@ -166,3 +166,35 @@ def test_a_corrupt_weight_file_stops_the_build_naming_the_file(tmp_path, monkeyp
     assert "hed" in message and "could not load its weights" in message and str(weights) in message
     manifest = tmp_path / "out" / "manifest.json"
     assert not manifest.exists() or json.loads(manifest.read_text())["rows"] == 0
+
+
+# -- the post-build passes: an empty build, an undeclared error -------------------------------------------------
+def _with_dedup(**params) -> Recipe:
+    data = load_recipe("subject-driven").to_dict()
+    data["params"].update(params)
+    data["steps"] = [*data.get("steps", []), {"name": "dedup", "by": ["sha256", "phash"], "max_distance": 4}]
+    return Recipe.from_dict(data)
+
+
+def test_post_build_dedup_over_a_build_that_kept_nothing(tmp_path):
+    """Every row rejected (e.g. every download failed): no shard to dedup; the build says so, never crashes."""
+    nothing = _with_dedup(min_crop_side=100_000)
+    with pytest.raises(BuildStopped, match="wrote 0 rows"):
+        build(nothing, tmp_path / "a", limit=20, progress=False)
+    manifest = build(nothing, tmp_path / "b", limit=20, progress=False, allow_empty=True)
+    assert manifest.rows == 0
+    assert manifest.post_build["dedup"]["rows_checked"] == 0 and manifest.post_build["dedup"]["dropped"] == {}
+
+
+def test_undeclared_error_in_a_post_build_pass_is_one_line(monkeypatch, tmp_path):
+    from x2i.curation.dedup import DedupStep
+
+    def broken(self, out, records):
+        raise ValueError("need at least one array to concatenate")
+
+    monkeypatch.setattr(DedupStep, "after_build", broken)
+    with pytest.raises(BuildStopped) as info:
+        build(_with_dedup(), tmp_path / "out", limit=20, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and "post-build step dedup" in message and "ValueError" in message
+    assert not (tmp_path / "out" / "manifest.json").exists()

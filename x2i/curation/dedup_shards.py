@@ -200,6 +200,8 @@ def plan(out: Path, shards: list[tuple[str, int]], by: list[str], k: int, worker
          bands: list[tuple[int, int, list[int]]]) -> tuple[list[dict[str, Any]], int]:
     """The drops of the post-build pass over `shards` ((path relative to out, partition) in row order), and the
     rows checked. `workers` processes (1: in this process); scratch files live in out/_progress/dedup-scratch."""
+    if not shards:  # every row was rejected (or the source was empty): nothing to compare
+        return [], 0
     tmp = out / "_progress" / "dedup-scratch"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

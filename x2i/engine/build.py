@@ -155,7 +155,12 @@ def run_post_build(plan: Plan, out: Path | Storage, records: list[PartitionRecor
     idempotent: a re-run after a crash calls it again."""
     summaries: dict[str, Any] = {}
     for step in plan.post_build:
-        records, summaries[step.name] = step.after_build(out, records)
+        try:
+            records, summaries[step.name] = step.after_build(out, records)
+        except (X2IError, OSError):  # already one line (OSError: _build_locked makes it a StorageError)
+            raise
+        except Exception as exc:  # undeclared: stop with one line (the partitions stay, a re-run resumes here)
+            raise BuildStopped(describe_stop(exc, f"post-build step {step.name}")) from exc
     return records, summaries
 
 
