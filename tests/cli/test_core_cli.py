@@ -135,3 +135,21 @@ def test_unknown_model_preset_is_one_line_and_creates_nothing(tmp_path):
     assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
     assert "unknown model preset 'huge'" in lines[0] and "omnigen-v1, small, tiny" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_an_undeclared_error_is_one_line_and_exit_2(monkeypatch, tmp_path):
+    """A bug (an exception no code path declares) still ends as one line and exit 2; X2I_DEBUG=1 re-raises it."""
+    import x2i.engine.build
+
+    def broken(*args, **kwargs):
+        raise KeyError("row_id")
+
+    monkeypatch.setattr(x2i.engine.build, "build_recipe", broken)
+    result = run("build", "--task", "subject-driven", "--out", tmp_path / "o", "-q")
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "x2i build: internal error KeyError: 'row_id' at test_core_cli.py:" in lines[0]
+    assert "X2I_DEBUG=1" in lines[0]
+    monkeypatch.setenv("X2I_DEBUG", "1")
+    result = run("build", "--task", "subject-driven", "--out", tmp_path / "o", "-q")
+    assert isinstance(result.exception, KeyError)

@@ -50,11 +50,29 @@ def user_errors(fn: Callable[..., Any] | None = None, *, command: str | None = N
         except ModuleNotFoundError as exc:
             error = as_user_error(exc, name)
             if error is None:
-                raise
+                _internal(exc, name)
             fail(str(error))
         except KeyboardInterrupt:
             typer.echo("x2i: interrupted; finished partitions are kept, re-run the same command to resume",
                        err=True)
             sys.exit(130)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - nobody declared it: still one line and exit 2
+            _internal(exc, name)
 
     return wrapper
+
+
+def _internal(exc: BaseException, command: str) -> None:
+    """An error no code path declares is a bug: one line and exit 2 (X2I_DEBUG=1 re-raises for the traceback)."""
+    import os
+
+    if os.environ.get("X2I_DEBUG"):
+        raise exc
+    where = exc.__traceback__
+    while where is not None and where.tb_next is not None:
+        where = where.tb_next
+    at = f" at {os.path.basename(where.tb_frame.f_code.co_filename)}:{where.tb_lineno}" if where else ""
+    fail(f"{command}: internal error {type(exc).__name__}: {str(exc)[:300]}{at} (a bug: please report it with "
+         "the command; X2I_DEBUG=1 shows the traceback)")
