@@ -84,3 +84,17 @@ def test_non_8bit_modes_still_resample():
     im = Image.fromarray((np.arange(300 * 200, dtype=np.uint32).reshape(200, 300) % 65536).astype(np.int32), "I")
     out, t = fit_pil(im, 128)
     assert out.size == (t.width, t.height) == (128, 80)
+
+
+def test_the_filter_follows_the_scale_not_the_rounding():
+    """INTER_LINEAR from 2/3 of the size up (a side rounded down, 397.3 -> 397, keeps its nominal scale),
+    INTER_AREA below, LANCZOS4 to enlarge."""
+    import cv2
+
+    from x2i.core.imageio import resize_array
+
+    a = np.random.default_rng(0).integers(0, 256, (596, 768, 3), dtype=np.uint8)
+    for size, interpolation in (((512, 397), cv2.INTER_LINEAR), ((700, 543), cv2.INTER_LINEAR),
+                                ((500, 388), cv2.INTER_AREA), ((384, 298), cv2.INTER_AREA),
+                                ((800, 621), cv2.INTER_LANCZOS4)):
+        assert np.array_equal(resize_array(a, *size), cv2.resize(a, size, interpolation=interpolation)), size

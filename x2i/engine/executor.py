@@ -62,8 +62,20 @@ def _worker_init(driver_pid: int, guard: Any) -> None:
         _held_fds.append(guard.hold_workers())
 
 
+def start_method() -> str:
+    """How pool workers start. fork where it is safe: a forked worker begins with everything the driver already
+    imported and compiled, where a spawned one spends ~0.7 s of CPU importing numpy, pyarrow, OpenCV and x2i
+    again (a 20-row download build with 2 workers: 3.0 s -> 1.6 s, docs/benchmarks.md). Safe means Linux (macOS
+    system libraries are not fork-safe), no other thread in the driver (a lock another thread holds at the fork
+    stays locked in the child forever) and no torch loaded (its OpenMP pool does not survive a fork); else spawn.
+    OpenCV runs single-threaded in every x2i process (x2i.core.imageio), so it never has a pool to lose."""
+    if sys.platform.startswith("linux") and threading.active_count() == 1 and "torch" not in sys.modules:
+        return "fork"
+    return "spawn"
+
+
 class LocalExecutor(Executor):
-    """workers == 1: in this process, in order. workers > 1: a spawned process pool on this machine."""
+    """workers == 1: in this process, in order. workers > 1: a process pool on this machine (`start_method`)."""
 
     def __init__(self, workers: int = 1, guard: Any = None):
         self.workers = max(1, int(workers))
@@ -81,7 +93,7 @@ class LocalExecutor(Executor):
                     continue
                 yield job, result, None
             return
-        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(start_method()),
                                     initializer=_worker_init, initargs=(os.getpid(), self.guard)) as pool:
             futures = {pool.submit(fn, job): job for job in jobs}
             try:

@@ -40,6 +40,24 @@ WORKER_WAIT_S = 30.0
 
 log = logging.getLogger(__name__)
 
+# The lock descriptors this process holds as a driver. A forked pool worker (x2i.engine.executor.start_method)
+# closes its copies at once: the flock lives while any copy is open, so a worker that kept one could keep the
+# lock of a driver that is gone alive. Closing a copy leaves the driver's own hold as it is.
+_DRIVER_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_DRIVER_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _DRIVER_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
 
 class BuildLocked(X2IError):
     """Another live process is building (or its workers are still running in) this output folder."""
@@ -231,6 +249,7 @@ class BuildLock:
                 os.close(fd)
                 raise
             self.fd = fd
+            _DRIVER_FDS.add(fd)
             return previous
 
     def _wait_for_workers(self, previous: dict[str, Any]) -> None:
@@ -252,6 +271,7 @@ class BuildLock:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
+        _DRIVER_FDS.discard(fd)
         try:
             # Unlink while still holding the flock: a waiter that opened this inode sees it unlinked and retries.
             if _same_file(fd, self.path):

@@ -1,0 +1,50 @@
+"""The local executor's start method: fork where it is safe (workers start with the driver's imports), spawn
+otherwise; a forked worker never keeps the driver's lock alive."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from x2i.engine.executor import LocalExecutor
+from x2i.engine.lock import BuildLock
+
+
+def start_method_in_a_fresh_process(setup: str) -> str:
+    code = f"{setup}\nfrom x2i.engine.executor import start_method\nprint(start_method())"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux only")
+def test_fork_only_when_single_threaded_and_without_torch():
+    assert start_method_in_a_fresh_process("") == "fork"
+    thread = "import threading, time\nthreading.Thread(target=time.sleep, args=(5,), daemon=True).start()"
+    assert start_method_in_a_fresh_process(thread) == "spawn"
+    assert start_method_in_a_fresh_process("import sys; sys.modules['torch'] = object()") == "spawn"
+
+
+def _pid_and_open_fds(_job: int) -> tuple[int, list[str]]:
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return os.getpid(), fds
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_pool_workers_do_not_hold_the_drivers_lock(tmp_path, monkeypatch):
+    import x2i.engine.executor
+
+    monkeypatch.setattr(x2i.engine.executor, "start_method", lambda: "fork")  # whatever this session imported
+    with BuildLock(tmp_path) as lock:
+        held = os.readlink(f"/proc/self/fd/{lock.fd}")
+        results = list(LocalExecutor(2, lock.guard).map_unordered(_pid_and_open_fds, [0, 1, 2, 3]))
+    assert all(error is None for _, _, error in results)
+    workers = {pid for _, (pid, _), _ in results}
+    assert os.getpid() not in workers and workers
+    for _, (_, fds), _ in results:
+        assert held not in fds, "a worker inherited the driver's lock descriptor"
