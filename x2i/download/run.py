@@ -84,17 +84,18 @@ def fetch_ordered(downloader: Downloader, urls: Iterable[str | None]) -> Iterato
     workers = max(1, int(downloader.config.concurrency))
     max_bytes = downloader.config.max_bytes
     budget, ahead = workers * max_bytes, 8 * workers
-    cond = threading.Condition()
+    lock = threading.Lock()
+    can_start, has_result = threading.Condition(lock), threading.Condition(lock)  # fetch threads / the caller
     todo: deque[tuple[int, str | None]] = deque()  # pulled, not started
     done: dict[int, Any] = {}  # finished: a FetchResult, or the exception fetch_held raised
     state = {"running": 0, "held": 0, "stop": False}  # held: bytes of finished results not yet released
 
     def fetch_thread() -> None:
         while True:
-            with cond:
+            with lock:
                 while not state["stop"] and not (todo and (state["running"] + 1) * max_bytes + state["held"]
                                                  <= budget):
-                    cond.wait()
+                    can_start.wait()
                 if state["stop"]:
                     return
                 index, url = todo.popleft()
@@ -103,12 +104,13 @@ def fetch_ordered(downloader: Downloader, urls: Iterable[str | None]) -> Iterato
                 out: Any = downloader.fetch_held(url)
             except BaseException as exc:  # noqa: BLE001 - undeclared: raised to the caller in its turn
                 out = exc
-            with cond:
+            with lock:
                 state["running"] -= 1
                 if not isinstance(out, BaseException):
                     state["held"] += len(out.data or b"")
                 done[index] = out
-                cond.notify_all()
+                has_result.notify()
+                can_start.notify()  # this thread's slot is free (it takes the next URL itself if it fits)
 
     threads = [threading.Thread(target=fetch_thread, name=f"x2i-download-{k}", daemon=True) for k in range(workers)]
     for thread in threads:
@@ -121,15 +123,15 @@ def fetch_ordered(downloader: Downloader, urls: Iterable[str | None]) -> Iterato
                 if url is source:
                     more = False
                     break
-                with cond:
+                with lock:
                     todo.append((pulled, url))
-                    cond.notify_all()
+                    can_start.notify()
                 pulled += 1
             if given == pulled:
                 return
-            with cond:
+            with lock:
                 while given not in done:
-                    cond.wait()
+                    has_result.wait()
                 result = done.pop(given)
             given += 1
             if isinstance(result, BaseException):
@@ -138,15 +140,15 @@ def fetch_ordered(downloader: Downloader, urls: Iterable[str | None]) -> Iterato
                 yield result
             finally:
                 downloader.release(result)
-                with cond:
+                with lock:
                     state["held"] -= len(result.data or b"")
-                    cond.notify_all()
+                    can_start.notify()
                 del result
     finally:  # also when the caller stops early: drop what has not started, wait for what has
-        with cond:
+        with lock:
             state["stop"] = True
             todo.clear()
-            cond.notify_all()
+            can_start.notify_all()
         for thread in threads:
             thread.join()
         for out in done.values():
