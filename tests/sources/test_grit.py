@@ -164,3 +164,34 @@ def test_aspect_changed_by_resize_mode_is_rejected(tmp_path):
             t.addfile(info, io.BytesIO(blob))
     samples, ctx = read_all(SourceConfig(format="grit", path=str(tmp_path)))
     assert samples == [] and ctx.reject_counts == {"aspect_changed": 1}
+
+
+def test_a_failed_read_stops_a_damaged_archive_is_data(tmp_path, monkeypatch):
+    """A read that fails under the tar (a dropped connection to the store, EIO) is not a damaged shard: the
+    build stops with one line (SourceError). A corrupt gzip stream, raised by what parses the bytes, is data."""
+    import gzip
+    import io
+
+    import x2i.sources.files as files
+
+    rows = [grit_row(k, f"A thing {k}.", [[0, 7, 0.1, 0.1, 0.9, 0.9, 0.9]]) for k in range(6)]
+    write_self_contained(tmp_path, rows, images={k: jpeg(300, 200) for k in range(6)})
+    tar = tmp_path / "00000.tar"
+    data = tar.read_bytes()
+
+    class Dropping(io.BytesIO):
+        def read(self, n=-1):
+            if self.tell() > len(data) // 2:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return super().read(n)
+
+    real_open = open
+    monkeypatch.setattr(files, "open", lambda p, mode="r", *a, **k: Dropping(data) if str(p) == str(tar)
+                        else real_open(p, mode, *a, **k), raising=False)
+    with pytest.raises(SourceError, match="00000.tar: reading failed: ConnectionResetError.*not the data"):
+        read_all(SourceConfig(format="grit", path=str(tmp_path)))
+    monkeypatch.undo()
+    (tmp_path / "00000.parquet").unlink()
+    tar.with_suffix(".tar").write_bytes(gzip.compress(data)[: len(data) // 3] + b"\x00garbage" * 64)
+    samples, ctx = read_all(SourceConfig(format="grit", path=str(tmp_path)))
+    assert ctx.reject_counts["img2dataset_tar_truncated"] == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -145,16 +146,35 @@ def open_file(path: str | Path | UriPath):
     return open(where, "rb") if fs is None else fs.open_input_file(where)
 
 
+class _ReadsOrStops(io.RawIOBase):
+    """The raw bytes of a tar, where a failed read (a dropped connection, EIO) is a SourceError that stops the
+    build: only what the bytes say (a truncated archive, a corrupt gzip stream, raised by tarfile and the
+    decompressors above this layer) is a damaged shard, counted as data."""
+
+    def __init__(self, raw, path: object):
+        self.raw, self.path = raw, path
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.raw.read(n)
+        except OSError as exc:
+            raise SourceError(self.path, f"reading failed: {type(exc).__name__}: {exc} (storage or network, not "
+                                         "the data; re-run to resume)") from exc
+
+
 @contextlib.contextmanager
 def open_tar(path: str | Path | UriPath) -> Iterator[tarfile.TarFile]:
     """A tar opened for streaming ("r|*"), the way the img2dataset reader walks it."""
     fs, where = _located(path)
-    if fs is None:
-        with tarfile.open(where, "r|*") as tar:
-            yield tar
-        return
-    with fs.open_input_stream(where, compression=None, buffer_size=TAR_BUFFER) as stream, \
-            tarfile.open(fileobj=stream, mode="r|*") as tar:
+    try:
+        opened = open(where, "rb") if fs is None else \
+            fs.open_input_stream(where, compression=None, buffer_size=TAR_BUFFER)
+    except OSError as exc:  # listed when the build was planned: gone or unreadable now is not a damaged shard
+        raise SourceError(path, f"cannot open: {type(exc).__name__}: {exc}") from exc
+    with opened as raw, tarfile.open(fileobj=_ReadsOrStops(raw, path), mode="r|*") as tar:
         yield tar
 
 
