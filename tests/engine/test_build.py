@@ -101,6 +101,12 @@ def test_ray_workers_get_the_object_store_settings(monkeypatch):
     monkeypatch.setenv("AWS_SOMETHING_ELSE", "x")
     env = worker_env()
     assert {k: env.get(k) for k in aws} == aws and "AWS_SOMETHING_ELSE" not in env
+    hub_and_gcs = {"HF_TOKEN": "hf_x", "HF_ENDPOINT": "http://hub:8080",
+                   "GOOGLE_APPLICATION_CREDENTIALS": "/etc/gcs.json", "STORAGE_EMULATOR_HOST": "http://gcs:4443"}
+    for k, v in hub_and_gcs.items():
+        monkeypatch.setenv(k, v)
+    env = worker_env()
+    assert {k: env.get(k) for k in hub_and_gcs} == hub_and_gcs  # hf:// and gs:// outputs on other nodes
 
 
 def test_a_cluster_build_names_a_relative_source_path(tmp_path):

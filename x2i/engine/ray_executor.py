@@ -44,9 +44,11 @@ AWS_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", 
 def worker_env() -> dict[str, str]:
     """What workers on a cluster must see as the driver does: the x2i cache (embedded sample), every weight
     folder (X2I_ANNOTATOR_DIR, X2I_CURATION_DIR, X2I_OMNIGEN_DIR, ...), the Hugging Face cache and offline switch,
-    and the object-store settings (AWS_*). Ray passes these in the job's runtime_env, which the cluster's
-    dashboard shows: prefer AWS_PROFILE or instance roles over keys where that matters."""
-    forwarded = ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", *AWS_SETTINGS)
+    and the object-store settings: AWS_* for s3://, HF_TOKEN / HF_ENDPOINT for hf://, the credentials file and
+    emulator for gs://. Ray passes these in the job's runtime_env, which the cluster's dashboard shows: prefer
+    AWS_PROFILE, instance roles or a token file on the nodes over keys where that matters."""
+    forwarded = ("HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN", "HF_ENDPOINT",
+                 "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST", *AWS_SETTINGS)
     return {k: v for k, v in os.environ.items() if k.startswith("X2I_") or k in forwarded}
 
 
