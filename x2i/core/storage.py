@@ -8,7 +8,9 @@ completion record last).
 
 Object stores go through pyarrow.fs (S3, GCS) or fsspec (the Hugging Face Hub, `hf://datasets/ORG/NAME/...`).
 S3 reads the standard settings: AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3), AWS_ACCESS_KEY_ID,
-AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION), AWS_PROFILE.
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION (or AWS_DEFAULT_REGION), AWS_PROFILE. GCS uses Google's
+default credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server), or STORAGE_EMULATOR_HOST, the variable
+Google's client libraries read, for an emulator (anonymous; tests/engine/test_gcs_storage.py runs one).
 
 A string that looks like a URI with a slash missing (`s3:/bucket`, `s3:bucket`, or `s3://` mangled into
 `s3:/` by a Path) is refused rather than taken as a local folder named `s3:`.
@@ -281,7 +283,8 @@ def as_storage(where: str | Path | Storage) -> Storage:
 
 _FILESYSTEMS: dict[tuple, Any] = {}
 _ENV_KEYS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
-             "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "HF_TOKEN", "HF_ENDPOINT")
+             "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "HF_TOKEN", "HF_ENDPOINT",
+             "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")
 
 
 def _filesystem(scheme: str):
@@ -291,9 +294,7 @@ def _filesystem(scheme: str):
         if scheme == "s3":
             _FILESYSTEMS[key] = _s3_filesystem()
         elif scheme == "gs":
-            import pyarrow.fs as pafs
-
-            _FILESYSTEMS[key] = pafs.GcsFileSystem()
+            _FILESYSTEMS[key] = _gcs_filesystem()
         else:
             _FILESYSTEMS[key] = _hf_filesystem()
     return _FILESYSTEMS[key]
@@ -331,6 +332,20 @@ def _s3_filesystem():
     if s["key"]:
         kwargs.update(access_key=s["key"], secret_key=s["secret"], session_token=s["token"])
     return pafs.S3FileSystem(**kwargs)
+
+
+def _gcs_filesystem():
+    import datetime
+
+    import pyarrow.fs as pafs
+
+    retry = datetime.timedelta(seconds=15)  # a dead endpoint fails in seconds, not pyarrow's default 15 minutes
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    if emulator:
+        url = urlparse(emulator if "://" in emulator else f"http://{emulator}")
+        return pafs.GcsFileSystem(anonymous=True, endpoint_override=url.netloc, scheme=url.scheme or "http",
+                                  retry_time_limit=retry)
+    return pafs.GcsFileSystem(retry_time_limit=retry)
 
 
 def _hf_filesystem():
