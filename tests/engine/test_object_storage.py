@@ -278,3 +278,33 @@ def test_a_source_on_s3_builds_like_its_local_copy(s3, tmp_path, layout):
     assert [p.label for p in built["s3"].partitions] == [p.label for p in built["local"].partitions]
     assert _data_hashes(tmp_path / "s3") == _data_hashes(tmp_path / "local")
     assert built["s3"].rejects == built["local"].rejects
+
+
+@pytest.mark.parametrize("fmt", ["magicbrush", "instructpix2pix"])
+def test_an_edit_dataset_on_s3_builds_like_its_local_copy(s3, tmp_path, fmt):
+    """The parquet edit formats (MagicBrush, InstructPix2Pix, UltraEdit, HQ-Edit) read s3:// like a local folder:
+    the same partitions (row spans), shards and rejects."""
+    import pyarrow.parquet as pq
+
+    from x2i.engine.manifest import read_manifest
+    from x2i.shapes.embedded import embedded_source
+
+    local = tmp_path / "src"
+    shutil.copytree(embedded_source("magicbrush", None), local)
+    if fmt == "instructpix2pix":  # the same rows under InstructPix2Pix's column names
+        for f in sorted(local.rglob("*.parquet")):
+            t = pq.read_table(f).rename_columns([{"source_img": "original_image", "target_img": "edited_image",
+                                                  "instruction": "edit_prompt"}.get(n, n)
+                                                 for n in pq.read_schema(f).names])
+            pq.write_table(t.drop_columns([c for c in ("mask_img",) if c in t.column_names]), f, row_group_size=4)
+    remote = _upload(s3, local, f"edit-{fmt}")
+    for name, root in (("local", str(local)), ("s3", remote)):
+        result = CliRunner().invoke(app, ["build", "--task", "image-edit", "--format", fmt, "--source", root,
+                                          "--set", "source.options.rows_per_partition=8", "--out",
+                                          str(tmp_path / name), "-q"])
+        assert result.exit_code == 0, result.output
+    built = {name: read_manifest(tmp_path / name) for name in ("local", "s3")}
+    assert built["s3"].rows > 0 and len(built["s3"].partitions) > 1
+    assert [p.label for p in built["s3"].partitions] == [p.label for p in built["local"].partitions]
+    assert _data_hashes(tmp_path / "s3") == _data_hashes(tmp_path / "local")
+    assert built["s3"].rejects == built["local"].rejects

@@ -16,8 +16,7 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("option, fmt", [("--source", "magicbrush"), ("--images", "magicbrush"),
-                                         ("--source", "instructpix2pix")])
+@pytest.mark.parametrize("option, fmt", [("--source", "seed_data_edit"), ("--images", "seed_data_edit")])
 def test_a_format_that_reads_local_files_only_refuses_a_uri_naming_itself(tmp_path, monkeypatch, option, fmt):
     monkeypatch.chdir(tmp_path)
     args = ["build", "--task", "image-edit", "--format", fmt, option, "s3://bucket/data", "--out",

@@ -33,6 +33,7 @@ from PIL import Image
 
 from x2i.core.config import from_dict
 from x2i.sources.columns import check_file
+from x2i.sources.files import parquet_file, relative, source_path
 from x2i.core.errors import SourceError, X2IError
 from x2i.core.imageio import EncodedImage, ImageError, encode, load
 from x2i.core.masks import mask_from_image, mask_from_pair
@@ -89,6 +90,7 @@ def binary_mask(mask: EncodedImage, source: EncodedImage) -> tuple[EncodedImage 
 
 
 class ParquetEditSource(Source):
+    reads_uris = True  # the dataset's parquet files may be on s3://, gs://, hf:// (x2i/sources/files.py)
     """Shared reading: files -> row batches -> samples. Subclasses name the columns and build samples."""
 
     format = ""
@@ -108,7 +110,7 @@ class ParquetEditSource(Source):
 
             self.root = embedded_source("magicbrush", self.options.embedded)
         else:
-            self.root = Path(config.path)
+            self.root = source_path(config.path)
         if self.options.embedded is not None and not self.embedded:
             raise X2IError("source.options.embedded applies only without a source path")
         check_rows_per_partition(self.options.rows_per_partition)
@@ -141,13 +143,13 @@ class ParquetEditSource(Source):
     def count(self, partition: str | RowSpan) -> int:
         if isinstance(partition, RowSpan):
             return partition.stop - partition.start
-        return pq.ParquetFile(partition).metadata.num_rows
+        return parquet_file(partition).metadata.num_rows
 
     def label(self, partition: str | RowSpan) -> str:
         root = self.root if self.root.is_dir() else self.root.parent
         if isinstance(partition, RowSpan):
             return span_label(partition.path, partition.start, partition.stop, root)
-        return str(Path(partition).relative_to(root))
+        return relative(partition, root)
 
     def describe(self) -> dict[str, Any]:
         return {"format": self.format, "path": self.config.path, "embedded": self.embedded,
@@ -160,7 +162,7 @@ class ParquetEditSource(Source):
 
     def rows(self, partition: str | RowSpan, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
         """(row number in the file, row) of the partition's first `limit` rows."""
-        pf = pq.ParquetFile(path_of(partition))
+        pf = parquet_file(path_of(partition))
         columns = self._columns(pf.schema_arrow.names)
         if isinstance(partition, RowSpan):
             stop = partition.stop if limit is None else min(partition.stop, partition.start + limit)
