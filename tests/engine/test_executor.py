@@ -23,6 +23,9 @@ def test_fork_only_when_single_threaded_and_without_torch():
     thread = "import threading, time\nthreading.Thread(target=time.sleep, args=(5,), daemon=True).start()"
     assert start_method_in_a_fresh_process(thread) == "spawn"
     assert start_method_in_a_fresh_process("import sys; sys.modules['torch'] = object()") == "spawn"
+    # the build's progress bar (on by default) starts no thread, so an interactive build still forks
+    bar = "from x2i.engine.build import progress_bar\nprogress_bar(4, 0, 'x').update(1)"
+    assert start_method_in_a_fresh_process(bar) == "fork"
 
 
 def _pid_and_open_fds(_job: int) -> tuple[int, list[str]]:

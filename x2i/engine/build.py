@@ -254,6 +254,15 @@ def _build_locked(plan: Plan, store: Storage, planned: PlanRecord, partitions: l
         raise StorageError.wrap(exc.filename or store, exc) from exc
 
 
+def progress_bar(total: int, done: int, name: str):
+    """The partitions bar, without tqdm's monitor thread: a second thread in the driver would make the local
+    pool spawn its workers instead of forking them (x2i.engine.executor.start_method)."""
+    from tqdm import tqdm
+
+    tqdm.monitor_interval = 0
+    return tqdm(total=total, initial=done, unit="part", desc=f"build {name}")
+
+
 def _run_jobs(jobs: list[PartitionJob], total: int, name: str, run: _RunPolicy, progress: bool, on_partition,
               guard: DriverGuard) -> None:
     """Run the pending partitions; the first failure stops the build (finished partitions are kept, the ones
@@ -261,11 +270,7 @@ def _run_jobs(jobs: list[PartitionJob], total: int, name: str, run: _RunPolicy, 
     if not jobs:
         return
     runner = make_executor(run.executor, run.workers, run.ray_address, guard=guard)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=total - len(jobs), unit="part", desc=f"build {name}")
+    bar = progress_bar(total, total - len(jobs), name) if progress else None
     rows = 0
     try:
         for job, record, error in runner.map_unordered(run_partition, jobs):
