@@ -1,0 +1,85 @@
+"""Where the CPU of one URL goes in `bench/e2e_bench.py`: each stage of the download-mode text-to-image build
+timed alone, per image, on the e2e bench's own inputs (768 px crops of the package photos, fitted to 512).
+
+    python bench/e2e_parts.py [--images 300] [--json FILE]
+
+- decode: `imageio.load` (header check + full decode, as the build does once per image);
+- fit_encode: `imageio.fit` to 512 px (resample + centre crop + JPEG q95 4:4:4), the old PIL-LANCZOS/INTER_AREA
+  path beside it as `fit_encode_area` (what fit cost before INTER_LINEAR for scales >= 2/3);
+- phash: `x2i.curation.phash` on the fitted pixels (imagehash's recipe, bit for bit);
+- download: `Downloader.fetch_many` CPU (all threads) per URL from a loopback server in another process.
+The sum is the floor of x2i's per-URL CPU for this input; e2e_bench's CPU figure adds process start-up, Parquet,
+ids and meta, the rejects ledger and the post-build pass.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import time
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from e2e_bench import images, serve
+from report import report
+
+
+def per_image_ms(fn, items) -> float:
+    start = time.process_time()
+    for item in items:
+        fn(item)
+    return round((time.process_time() - start) / len(items) * 1000, 3)
+
+
+def fit_area(image, max_side: int = 512):
+    """fit's size policy with OpenCV INTER_AREA at every downscale (the resampling before this change)."""
+    from x2i.core.imageio import encode, fit_size, scaled_size
+
+    t = fit_size(image.width, image.height, max_side)
+    pixels = np.asarray(image.pil())
+    scaled = cv2.resize(pixels, scaled_size(image.width, image.height, t.scale), interpolation=cv2.INTER_AREA)
+    out = scaled[t.crop_top:t.crop_top + t.height, t.crop_left:t.crop_left + t.width]
+    return encode(Image.fromarray(np.ascontiguousarray(out)), "JPEG", 95)
+
+
+def download_ms(bodies: list[bytes]) -> float:
+    from x2i.download.fetch import DownloadConfig, Downloader
+
+    queue = multiprocessing.get_context("fork").Queue()
+    server = multiprocessing.get_context("fork").Process(target=serve, args=(bodies, 0.02, queue), daemon=True)
+    server.start()
+    base = f"http://127.0.0.1:{queue.get(timeout=30)}"
+    downloader = Downloader(DownloadConfig(allow_networks=("127.0.0.0/8",), concurrency=16, timeout=10.0, retries=0))
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    ok = sum(r.status == "success" for r in downloader.fetch_many(f"{base}/img/{i}.jpg" for i in range(len(bodies))))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    server.terminate()
+    assert ok == len(bodies), f"{ok} of {len(bodies)} downloads succeeded"
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return round(cpu / len(bodies) * 1000, 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    from x2i.core import imageio
+    from x2i.curation.phash import phash
+
+    bodies = images(a.images)
+    res = {"images": a.images, "download": download_ms(bodies)}
+    loaded = [imageio.load(b) for b in bodies]
+    res["decode"] = per_image_ms(lambda b: imageio.load(b).pil(), bodies)
+    res["fit_encode"] = per_image_ms(lambda im: imageio.fit(im, 512, 16, 95), loaded)
+    res["fit_encode_area"] = per_image_ms(fit_area, loaded)
+    fitted = [imageio.fit(im, 512, 16, 95)[0] for im in loaded]
+    res["phash"] = per_image_ms(lambda im: phash(im.pil()), fitted)
+    res["sum_ms"] = round(sum(res[k] for k in ("download", "decode", "fit_encode", "phash")), 3)
+    report(res, a.json)
+
+
+if __name__ == "__main__":
+    main()
