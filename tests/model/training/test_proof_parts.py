@@ -89,3 +89,23 @@ def test_tokenizer_fitted_to_the_mix(datasets, tmp_path):
     ids, spans = Processor(fitted, multiple=16).tokenize("<img><|image_1|></img> Make the red star blue.",
                                                          [torch.zeros(3, 32, 32)])
     assert spans == [(spans[0][0], spans[0][0] + 4)]
+
+
+@pytest.mark.parametrize("proof", ["text", "reference", "edit"])
+def test_proof_mixes_give_every_output_token_its_own_position(proof):
+    # The proofs' 8 x 8 output grid must see a position signal a small model can use: with the tiny preset's
+    # 32 x 32 table (base 16) only 7% of the embedding varied across the 64 tokens and the named place was not
+    # learned (docs/benchmarks.md "Training").
+    from x2i.model.modeling.config import PRESETS, build_config
+    from x2i.model.modeling.transformer import sincos_pos_embed
+    from x2i.model.training.config import resolve_train_config
+
+    c = resolve_train_config(mix=f"proof_{proof}", run_dir="unused")
+    m = build_config(**{**PRESETS[c.model.preset], **c.model.overrides})
+    grid, side = m.pos_embed_max_size, 64 // c.codec.pca_factor
+    table = sincos_pos_embed(m.hidden_size, grid, m.pos_embed_base_size).view(grid, grid, -1)
+    top = (grid - side) // 2
+    w = table[top:top + side, top:top + side].reshape(side * side, -1)
+    assert w.var(0).sum() / (w ** 2).sum(1).mean() > 0.3
+    unit = torch.nn.functional.normalize(w, dim=1)
+    assert (unit @ unit.T - 2 * torch.eye(side * side)).max() < 0.9  # no two tokens nearly alike
