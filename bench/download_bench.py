@@ -18,11 +18,11 @@ import socket
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from PIL import Image
 
+from loopback import image_server
 from x2i.download.fetch import DownloadConfig, Downloader
 
 
@@ -33,27 +33,8 @@ def payload(kb: int) -> bytes:
     return buf.getvalue()
 
 
-def serve(body: bytes, latency: float) -> ThreadingHTTPServer:
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):  # noqa: N802
-            time.sleep(latency)
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-    class Server(ThreadingHTTPServer):
-        request_queue_size = 1024  # listen backlog: the default 5 drops SYNs under concurrency (1 s retransmits)
-        daemon_threads = True
-
-    httpd = Server(("127.0.0.1", 0), H)
+def serve(body: bytes, latency: float):
+    httpd = image_server(body, latency)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd
 

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from loopback import image_server
 from report import report
 
 
@@ -66,33 +67,8 @@ def images(n: int, seed: int = 0) -> list[bytes]:
 
 
 def serve(bodies: list[bytes], latency: float, port_out) -> None:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class H(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):  # noqa: N802
-            time.sleep(latency)
-            try:
-                body = bodies[int(self.path.rsplit("/", 1)[1].split(".")[0])]
-            except (ValueError, IndexError):
-                self.send_error(404)
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-    class Server(ThreadingHTTPServer):
-        request_queue_size = 1024
-        daemon_threads = True
-
-    httpd = Server(("127.0.0.1", 0), H)
+    """The loopback server, run in its own process (so its work is not x2i's or img2dataset's)."""
+    httpd = image_server(bodies, latency)
     port_out.put(httpd.server_address[1])
     httpd.serve_forever()
 

@@ -86,7 +86,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise ImageError("image_unreadable", f"not an image file ({len(data)} bytes)") from None
-        except Exception as exc:  # PIL raises many types on garbage headers
+        except MemoryError:  # the machine, not the image
+            raise
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage headers
             raise ImageError("image_unreadable", f"cannot read image header: {exc}") from None
         w, h = im.size
         if w < 1 or h < 1:
