@@ -25,7 +25,8 @@ def fail(message: str, code: int = 2) -> None:
 
 def as_user_error(exc: ModuleNotFoundError, command: str) -> X2IError | None:
     """A missing optional dependency as the one-line MissingExtra for `command` ("x2i annotators fetch"); None
-    when the module is no optional dependency, i.e. a real bug that must keep its traceback."""
+    when the module is no optional dependency, i.e. a bug (reported as an internal error, X2I_DEBUG=1 for the
+    traceback)."""
     words = command.split()
     prefer = COMMAND_EXTRA.get(words[1]) if len(words) > 1 else None
     return missing_extra(exc, command, prefer)
