@@ -3,8 +3,9 @@
     python bench/e2e_bench.py --urls 2000 --latency 0.02 --repeats 2 --img2dataset /tmp/i2d-venv/bin/img2dataset
 
 Inputs: `--urls` distinct JPEGs (random crops of the five photos shipped with scikit-image and matplotlib,
-768 px on the longer side, quality 90) served by a loopback HTTP server in its own process, each answer after
-`--latency` seconds (standing in for the network); the URL list is a Parquet file of URL + TEXT only.
+`--side` px on the longer side, 768 by default, quality 90) served by a loopback HTTP server in its own process,
+each answer after `--latency` seconds (standing in for the network); the URL list is a Parquet file of URL + TEXT
+only. The photos are 300-640 px: a larger `--side` upsamples them (smoother, cheaper to decode than real photos).
 Both tools run as their command line, in a fresh output folder, wall clock from start to exit, alternating
 `--repeats` times (each keeps its median), with the same budget: 2 processes x 16 concurrent requests, images
 fitted to 512 px on the longer side, JPEG quality 95, Parquet out.
@@ -43,7 +44,7 @@ from loopback import image_server
 from report import report
 
 
-def images(n: int, seed: int = 0) -> list[bytes]:
+def images(n: int, seed: int = 0, side: int = 768) -> list[bytes]:
     import matplotlib.cbook as cbook
     from skimage import data
 
@@ -58,7 +59,7 @@ def images(n: int, seed: int = 0) -> list[bytes]:
         cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
         x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
         crop = im.crop((x, y, x + cw, y + ch))
-        scale = 768 / max(cw, ch)
+        scale = side / max(cw, ch)
         crop = crop.resize((round(cw * scale), round(ch * scale)), Image.Resampling.BICUBIC)
         buf = io.BytesIO()
         crop.save(buf, "JPEG", quality=90)
@@ -123,13 +124,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--urls", type=int, default=2000)
     ap.add_argument("--latency", type=float, default=0.02)
+    ap.add_argument("--side", type=int, default=768, help="the source JPEGs' longer side (fitted to 512)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--img2dataset", default=shutil.which("img2dataset"))
     ap.add_argument("--json", default=None)
     ap.add_argument("--baseline-src", default=None)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="x2i-e2e-"))
-    bodies = images(a.urls)
+    bodies = images(a.urls, side=a.side)
     queue = multiprocessing.get_context("fork").Queue()
     server = multiprocessing.get_context("fork").Process(target=serve, args=(bodies, a.latency, queue), daemon=True)
     server.start()
@@ -174,7 +176,7 @@ def main() -> None:
                 "--distributor", "multiprocessing"], name="img2dataset"))
             rows["img2dataset"] = i2d_rows(out)
     server.terminate()
-    res = {"urls": a.urls, "latency_s": a.latency, "load": os.getloadavg(), "rows": rows,
+    res = {"urls": a.urls, "side": a.side, "latency_s": a.latency, "load": os.getloadavg(), "rows": rows,
            "seconds": {k: round(statistics.median(v), 2) for k, v in times.items() if v},
            "all_seconds": {k: [round(x, 2) for x in v] for k, v in times.items()}}
     res["urls_per_s"] = {k: round(a.urls / s, 1) for k, s in res["seconds"].items()}

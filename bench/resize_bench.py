@@ -7,6 +7,8 @@ Inputs: the five real photos shipped with scikit-image (astronaut, coffee, chels
 photo, then fitted to max_side 1024, 512 and 256. Both resamplers are timed alternately on the same images
 (best of `--repeats`); PSNR compares fit_pil's pixels with PIL LANCZOS to the same scaled size and crop.
 `--threads 1` pins OpenCV to one thread (PIL resizes on one), so the ratio compares like with like.
+"reduced_decode": the same photos as JPEG bytes, decoded and fitted in full against `load(fit_side=...)`'s
+reduced decode (x2i/core/imageio.py), time and PSNR.
 """
 from __future__ import annotations
 
@@ -83,6 +85,33 @@ def at_scales() -> dict[str, list[float]]:
     return out
 
 
+def reduced_decode(big: dict[str, Image.Image], repeats: int) -> list[dict]:
+    """Decode + fit of the 2048 px photos as JPEG bytes (q92): the full decode (`load`) against the reduced one
+    (`load(fit_side=...)`: libjpeg's 1/2-1/8 scale, then PIL LANCZOS over the exact box), ms per image and PSNR of
+    each against PIL LANCZOS of the full decode."""
+    from x2i.core.imageio import fit, fit_pixels, load
+
+    rows = []
+    for max_side in (1024, 768, 512, 256):
+        t_full = t_reduced = 0.0
+        full_db, reduced_db = [], []
+        for im in big.values():
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=92)
+            data = buf.getvalue()
+            ref = np.asarray(pil_fit(load(data).pil(), max_side))
+            t_full += best(lambda: fit(load(data), max_side, 16, 95), repeats)
+            t_reduced += best(lambda: fit(load(data, fit_side=max_side), max_side, 16, 95), repeats)
+            full_db.append(psnr(np.asarray(fit_pixels(load(data), max_side)[0]), ref))
+            reduced_db.append(psnr(np.asarray(fit_pixels(load(data, fit_side=max_side), max_side)[0]), ref))
+        n = len(big)
+        rows.append({"max_side": max_side, "full_ms": round(t_full / n * 1e3, 2),
+                     "reduced_ms": round(t_reduced / n * 1e3, 2), "speedup": round(t_full / t_reduced, 2),
+                     "full_min_db": round(min(full_db), 1), "reduced_min_db": round(min(reduced_db), 1)})
+        print(json.dumps(rows[-1]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=20)
@@ -106,7 +135,8 @@ def main() -> None:
         rows.append({"max_side": max_side, "pil_ms": round(t_pil / n * 1e3, 2), "cv2_ms": round(t_cv / n * 1e3, 2),
                      "pil_over_cv2": round(t_pil / t_cv, 2), "min_psnr_db": round(worst, 1)})
         print(json.dumps(rows[-1]))
-    res = {"load": os.getloadavg(), "cv2_threads": a.threads, "rows": rows, "filters": filters(), "photos": at_scales()}
+    res = {"load": os.getloadavg(), "cv2_threads": a.threads, "rows": rows,
+           "reduced_decode": reduced_decode(big, a.repeats), "filters": filters(), "photos": at_scales()}
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

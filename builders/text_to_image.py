@@ -129,5 +129,6 @@ class TextToImageBuilder(Builder):
         fit_step = TextToImageStep(self.params, o.max_side, o.multiple, o.jpeg_quality)
         options = source.options or {}
         if options.get("download"):
-            return [MetadataFilterStep(self.params), FetchStep(options.get("downloader") or {}), fit_step]
+            # fit_step only ever uses the fetched pixels fitted to max_side: FetchStep may decode them reduced.
+            return [MetadataFilterStep(self.params), FetchStep(options.get("downloader") or {}, o.max_side), fit_step]
         return [fit_step]

@@ -98,3 +98,45 @@ def test_the_filter_follows_the_scale_not_the_rounding():
                                 ((500, 388), cv2.INTER_AREA), ((384, 298), cv2.INTER_AREA),
                                 ((800, 621), cv2.INTER_LANCZOS4)):
         assert np.array_equal(resize_array(a, *size), cv2.resize(a, size, interpolation=interpolation)), size
+
+
+@pytest.mark.parametrize("factor", [2.0, 2.7, 4.5, 9.0])
+def test_a_reduced_decode_fits_like_the_full_one(factor):
+    """`load(fit_side=...)` decodes a JPEG at least twice the fitted size at 1/2, 1/4 or 1/8 scale; fitting
+    it gives the same size, transform and (within 35 dB of) the same pixels as fitting the full decode, and
+    the image still reports, and `pil()` still gives, its full size."""
+    for name, im in photos().items():
+        big = im.resize((round(im.width * factor), round(im.height * factor)), Image.Resampling.BICUBIC)
+        data = encode(big, "JPEG", 95).data
+        max_side = round(max(im.size) * 0.9)
+        reduced, full = load(data, fit_side=max_side), load(data)
+        assert reduced.size == full.size == big.size
+        assert reduced._pil is None and reduced._reduced is not None and reduced._reduced.width < big.width
+        a, ta = fit(reduced, max_side)
+        b, tb = fit(full, max_side)
+        assert ta == tb and (a.width, a.height) == (b.width, b.height)
+        value = psnr(a.pil(), pil_reference(big, max_side))
+        assert value >= 35.0, f"{name} x{factor}: PSNR {value:.1f} dB against LANCZOS of the full decode"
+        assert reduced.pil().size == big.size  # asked for full pixels: decoded again, at full size
+
+
+def test_a_reduced_decode_only_where_it_is_exact_to_do_so():
+    """Small images, PNGs, grey and EXIF-rotated JPEGs decode at full size; damage is still found."""
+    from x2i.core.imageio import ImageError
+
+    im = photos()["chelsea"]  # 451 x 300
+    assert load(encode(im, "JPEG").data, fit_side=300)._reduced is None  # < 2x the fitted side
+    assert load(encode(im, "PNG").data, fit_side=100)._reduced is None
+    grey = io.BytesIO()
+    im.convert("L").save(grey, "JPEG")
+    assert load(grey.getvalue(), fit_side=100)._reduced is None
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = io.BytesIO()
+    im.save(rotated, "JPEG", exif=exif.tobytes())
+    image = load(rotated.getvalue(), fit_side=100)
+    assert image._reduced is None and image.size == (300, 451)
+    data = encode(im, "JPEG").data
+    with pytest.raises(ImageError) as err:
+        load(data[: len(data) // 2], fit_side=100)
+    assert err.value.reason == "image_corrupt"

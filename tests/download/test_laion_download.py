@@ -93,3 +93,62 @@ def test_download_cli_from_laion_parquet_keeps_columns(tmp_path, server):
     assert result.exit_code == 0 and "downloaded 0/4" in result.stdout
     assert {r["error_message"].split(":")[0] for r in pq.read_table(refused / "00000.parquet").to_pylist()} == \
         {"blocked_address"}
+
+
+def test_download_mode_decodes_large_jpegs_reduced_and_fits_them_like_a_full_decode(tmp_path, monkeypatch):
+    """A fetched JPEG at least twice the output size is decoded at a reduced scale (imageio.load fit_side):
+    the rows equal, in URLs, sizes and transforms, and within 35 dB in pixels, those built from the same images
+    downloaded first (`x2i download`, read back at full size)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from x2i.core import imageio
+
+    photos = [Image.fromarray(getattr(data, n)()).resize((1100, 700 + 90 * i)) for i, n in
+              enumerate(("astronaut", "coffee", "chelsea"))]
+    files = {}
+    for i, im in enumerate(photos):
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=92)
+        files[f"/img/{i}.jpg"] = buf.getvalue()
+    reduced = []
+    real_load = imageio.load
+    monkeypatch.setattr("x2i.sources.laion.load", lambda *a, **k: reduced.append(
+        (im := real_load(*a, **k))._reduced is not None) or im)
+    monkeypatch.setenv("X2I_CACHE", str(tmp_path / "cache"))
+    with LoopbackServer(files) as s:
+        listed = [{"URL": s.base + p, "TEXT": "A photo of something.", "WIDTH": 1100.0, "HEIGHT": 700.0,
+                   "similarity": 0.3, "hash": 7, "punsafe": 0.01, "pwatermark": 0.1, "aesthetic": 5.2}
+                  for p in files]
+        meta = write_parquet(tmp_path / "laion.parquet", listed, LAION_V1)
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"""
+name: dl
+builder: text_to_image
+source:
+  format: laion
+  path: {meta}
+  options:
+    download: true
+    downloader: {{allow_networks: ["127.0.0.0/8"], timeout: 5.0, retries: 0}}
+output: {{max_side: 256}}
+""")
+        fetched = cli("build", "--recipe", str(recipe), "-o", str(tmp_path / "a"), "-q")
+        assert fetched.exit_code == 0, fetched.output
+        assert reduced == [True, True, True]
+        got = cli("download", str(meta), "-o", str(tmp_path / "dl"), "--allow-network", "127.0.0.0/8")
+        assert got.exit_code == 0, got.output
+    full = cli("build", "--task", "text-to-image", "--source", str(meta), "--images", str(tmp_path / "dl"), "-o",
+               str(tmp_path / "b"), "-q", "--set", "output.max_side=256")
+    assert full.exit_code == 0, full.output
+    a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
+    assert [json.loads(r["meta"])["url"] for r in a] == [json.loads(r["meta"])["url"] for r in b] and len(a) == 3
+    for x, y in zip(a, b):
+        mx, my = json.loads(x["meta"]), json.loads(y["meta"])
+        assert (x["width"], x["height"]) == (y["width"], y["height"]) and max(x["width"], x["height"]) <= 256
+        assert mx["output_transform"] == my["output_transform"] and mx["source_size"] == my["source_size"]
+        px, py = (np.asarray(Image.open(io.BytesIO(r["output_image"]["bytes"])), dtype=np.float64) for r in (x, y))
+        assert 10 * np.log10(255.0 ** 2 / np.mean((px - py) ** 2)) >= 35.0

@@ -12,7 +12,11 @@ Resampling is OpenCV (3-12x faster than PIL's LANCZOS; tests/core/test_resize_qu
 PSNR of LANCZOS on photos, docs/benchmarks.md has the table): INTER_LINEAR for a mild downscale (scale >= 2/3:
 2.7x faster than OpenCV's fractional INTER_AREA and as close to LANCZOS, measured on the five photos: within
 0.5 dB at 0.67, closer from 0.7 up), INTER_AREA (pixel-area averaging) below that, where a 2-tap tent starts to
-alias (2-3 dB further from LANCZOS at 0.5-0.6), and LANCZOS4 to enlarge.
+alias (2-3 dB further from LANCZOS at 0.5-0.6), and LANCZOS4 to enlarge. A JPEG that `load` is told will only
+be fitted (`fit_side`) and is at least twice that size decodes straight to 1/2, 1/4 or 1/8 scale (libjpeg's
+scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the exact box
+(`_fit_reduced`): 2-6x less time than the full decode and resample for 2.2-8.8x larger sources, as close to
+LANCZOS (bench/resize_bench.py).
 OpenCV is pinned to one thread: x2i parallelises by processes, and a thread pool would only oversubscribe the
 cores and make forked workers unsafe (x2i.engine.executor.start_method).
 """
@@ -48,26 +52,35 @@ class ImageError(ValueError):
 class EncodedImage:
     """Encoded image bytes with their size; decodes to RGB on first use and keeps the result."""
 
-    __slots__ = ("data", "width", "height", "format", "path", "_pil")
+    __slots__ = ("data", "width", "height", "format", "path", "_pil", "_reduced")
 
     def __init__(self, data: bytes, width: int, height: int, format: str, path: str | None = None,
-                 pil: Image.Image | None = None):
+                 pil: Image.Image | None = None, reduced: Image.Image | None = None):
         self.data = data
         self.width = int(width)
         self.height = int(height)
         self.format = format
         self.path = path
         self._pil = pil
+        self._reduced = reduced  # the pixels decoded at 1/2, 1/4 or 1/8 scale (`load(fit_side=...)`), if any
 
     def pil(self) -> Image.Image:
-        """The RGB pixels (decoded once)."""
+        """The RGB pixels at full size (decoded once)."""
         if self._pil is None:
             self._pil = decode(self.data)
         return self._pil
 
+    def pixels_for(self, width: int, height: int) -> Image.Image:
+        """Pixels to resample down to width x height: the reduced decode when it is at least that big (no
+        second decode), else the full-size pixels."""
+        r = self._reduced
+        if self._pil is None and r is not None and r.width >= width and r.height >= height:
+            return r
+        return self.pil()
+
     def release(self) -> None:
         """Drop the decoded pixels (they are rebuilt from bytes if needed again)."""
-        self._pil = None
+        self._pil = self._reduced = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -77,7 +90,9 @@ class EncodedImage:
         return f"EncodedImage({self.format} {self.width}x{self.height}, {len(self.data)} bytes)"
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> Image.Image:
+    """Open and fully decode (so damage is found now); `fit_side`: see `load`. The header's size is kept in
+    `im.info["x2i_size"]` (a reduced decode is smaller)."""
     if not data:
         raise ImageError("image_empty", "zero-byte image")
     with warnings.catch_warnings():  # PIL warns on odd EXIF etc.; such images either decode or are rejected
@@ -95,6 +110,11 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
         if w * h > max_pixels:
             raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+        im.info["x2i_size"] = (w, h)
+        if fit_side is not None and max(w, h) >= 2 * fit_side and im.format == "JPEG" and im.mode == "RGB" \
+                and _orientation(im) == 1:
+            # The scaled size fit() resamples to; libjpeg decodes at the smallest 1/2^k scale still >= it.
+            im.draft(None, scaled_size(w, h, min(1.0, fit_side / max(w, h))))
         try:
             im.load()
         except MemoryError:  # the machine, not the image
@@ -142,10 +162,16 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     return to_rgb(im)
 
 
-def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:
-    """Validate and normalise an image file: original bytes kept when they already are plain RGB JPEG/PNG."""
-    im = _open(data, max_pixels)
+def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+         fit_side: int | None = None) -> EncodedImage:
+    """Validate and normalise an image file: original bytes kept when they already are plain RGB JPEG/PNG.
+    `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG at
+    least twice that size is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
+    found here); `pil()` still gives full-size pixels, decoding again if asked."""
+    im = _open(data, max_pixels, fit_side)
     fmt = im.format or ""
+    if im.size != im.info["x2i_size"]:  # decoded at a reduced scale: a plain RGB JPEG, passed through
+        return EncodedImage(data, *im.info["x2i_size"], fmt, path, reduced=im)
     if fmt in _PASSTHROUGH_FORMATS and im.mode == "RGB" and _orientation(im) == 1:
         return EncodedImage(data, im.width, im.height, fmt, path, pil=im)
     if _orientation(im) != 1:
@@ -258,11 +284,32 @@ def fit_pil(im: Image.Image, max_side: int, multiple: int = 16,
     return Image.fromarray(np.ascontiguousarray(out)), t
 
 
+def _fit_reduced(src: Image.Image, width: int, height: int, sw: int, sh: int, t: FitTransform) -> Image.Image:
+    """Resample a 1/s-scale decode of a width x height image to sw x sh, then crop as `t` says. The decode is
+    ceil(width / s) wide, so the image itself spans a fractional box of it: resampling that exact box keeps the
+    geometry (OpenCV can only map whole pixels: 0.2-0.3 px off, -3 to -9 dB). PIL's LANCZOS does, on the small
+    image: 40-53 dB from LANCZOS of the full decode on the five photos at 2.2-8.8x (bench/resize_bench.py)."""
+    s = round(width / src.width)
+    scaled = src.resize((sw, sh), Image.Resampling.LANCZOS, box=(0, 0, width / s, height / s))
+    return scaled.crop((t.crop_left, t.crop_top, t.crop_left + t.width, t.crop_top + t.height))
+
+
+def fit_pixels(image: EncodedImage, max_side: int, multiple: int = 16) -> tuple[Image.Image, FitTransform]:
+    """The size policy's pixels for an EncodedImage: from its reduced decode when it has one (`load`'s
+    fit_side), else from the full-size pixels (`fit_pil`)."""
+    t = fit_size(image.width, image.height, max_side, multiple)
+    sw, sh = scaled_size(image.width, image.height, t.scale)
+    src = image.pixels_for(sw, sh)
+    if src.size == image.size:
+        return fit_pil(src, max_side, multiple)
+    return _fit_reduced(src, image.width, image.height, sw, sh, t), t
+
+
 def fit(image: EncodedImage, max_side: int, multiple: int = 16, quality: int = 95) -> tuple[EncodedImage, FitTransform]:
     """Apply the size policy; the original bytes pass through when they already satisfy it."""
     t = fit_size(image.width, image.height, max_side, multiple)
     if t.identity and (t.width, t.height) == (image.width, image.height):
         return image, t
-    im, t = fit_pil(image.pil(), max_side, multiple)
+    im, t = fit_pixels(image, max_side, multiple)
     fmt = "PNG" if image.format == "PNG" else "JPEG"
     return encode(im, fmt, quality=quality, path=image.path), t

@@ -353,10 +353,13 @@ class FetchStep(Step):
 
     name = "read_laion"  # the ledger's step name for download failures, as when the source fetched them
 
-    def __init__(self, downloader: dict[str, Any]):
+    def __init__(self, downloader: dict[str, Any], fit_side: int | None = None):
+        """`fit_side`: the builder only uses each image fitted to this side, so a large JPEG is decoded at
+        a reduced scale (imageio.load); None: full-size pixels."""
         from x2i.download.fetch import DownloadConfig
 
         self.config = from_dict(DownloadConfig, downloader, "source.options.downloader")
+        self.fit_side = fit_side
 
     def run(self, samples: Iterable[Sample], ctx: Context) -> Iterator[Sample]:
         from x2i.download.fetch import Downloader
@@ -377,7 +380,8 @@ class FetchStep(Step):
                 continue
             sample.meta["download"] = {k: info[k] for k in ("http_status", "attempts")}
             try:
-                sample.output_image = load(res.data or b"", path=f"{sample.source_key.replace('/', '_')}.jpg")
+                sample.output_image = load(res.data or b"", path=f"{sample.source_key.replace('/', '_')}.jpg",
+                                           fit_side=self.fit_side)
             except ImageError as exc:
                 ctx.reject(sample, exc.reason, self.name, str(exc), meta={"url": res.url})
                 continue
