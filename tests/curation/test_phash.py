@@ -22,6 +22,12 @@ def images() -> list[Image.Image]:
     sizes = ((31, 47), (32, 32), (640, 97))
     out += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
     out.append(Image.new("RGB", (50, 40), (10, 200, 30)))  # flat: every coefficient ties with the median
+    out += [Image.new("RGB", (64, 64), c) for c in ((0, 0, 0), (255, 255, 255))]
+    # Exact symmetries: a ramp constant along one axis (half its coefficients are exact zeros), stripes, checks.
+    ramp = np.tile(np.arange(64, dtype=np.uint8)[None, :] * 4, (64, 1))
+    checks = ((np.indices((64, 64)).sum(0) // 8) % 2 * 255).astype(np.uint8)
+    stripes = np.tile((np.arange(64) % 2 * 255).astype(np.uint8), (64, 1))
+    out += [Image.fromarray(a) for a in (ramp, np.ascontiguousarray(ramp.T), checks, stripes)]
     return out
 
 
