@@ -120,6 +120,17 @@ def i2d_rows(out: Path) -> int:
                if "jpg" in pq.read_schema(p).names)
 
 
+def precompile() -> None:
+    """Byte-compile x2i's packages, as `pip install` does for img2dataset: an editable install has no .pyc
+    files, and with PYTHONDONTWRITEBYTECODE set (as on the development machine) every x2i process would
+    compile its modules again (~0.15 s a process)."""
+    import compileall
+    import importlib
+
+    for name in ("x2i", "x2i.builders", "x2i.annotators", "x2i.model"):
+        compileall.compile_dir(str(Path(importlib.import_module(name).__file__).parent), quiet=1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--urls", type=int, default=2000)
@@ -130,6 +141,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--baseline-src", default=None)
     a = ap.parse_args()
+    precompile()
     work = Path(tempfile.mkdtemp(prefix="x2i-e2e-"))
     bodies = images(a.urls, side=a.side)
     queue = multiprocessing.get_context("fork").Queue()
