@@ -49,7 +49,13 @@ class StorageError(X2IError, OSError):
         if isinstance(exc, StorageError):
             return exc
         # pyarrow's object-store errors carry no errno and may span lines: one line, as every x2i error.
-        return cls(path, exc.errno, " ".join(str(exc.strerror or exc).split()))
+        code = exc.errno
+        if code is None and isinstance(exc, FileNotFoundError):
+            # An fsspec filesystem (hf:// through pyarrow's FSSpecHandler) raises FileNotFoundError(path), without
+            # errno: keep it ENOENT, or callers that treat "missing" as normal (the lock's read) see a failure.
+            code, strerror = errno_names.ENOENT, "no such file or object"
+            return cls(path, code, strerror)
+        return cls(path, code, " ".join(str(exc.strerror or exc).split()))
 
     def __reduce__(self):  # keeps path and errno across process pools and Ray
         return (type(self), (self.path, self.errno, self.strerror))
@@ -355,7 +361,11 @@ def _hf_filesystem():
         raise X2IError("hf:// paths need huggingface_hub: pip install 'x2i[publish]'") from None
     import pyarrow.fs as pafs
 
-    return pafs.PyFileSystem(pafs.FSSpecHandler(HfFileSystem()))
+    # HF_ENDPOINT and HF_TOKEN as they are now (this cache is keyed on them): huggingface_hub reads HF_ENDPOINT once,
+    # at import, and fsspec would hand back a cached instance (with its listings and "repo not found" answers)
+    # made under other settings; so the endpoint is passed and fsspec's instance cache skipped.
+    fs = HfFileSystem(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def check_reachable(store: Storage) -> None:
