@@ -55,7 +55,10 @@ class StorageError(X2IError, OSError):
             # errno: keep it ENOENT, or callers that treat "missing" as normal (the lock's read) see a failure.
             code, strerror = errno_names.ENOENT, "no such file or object"
             return cls(path, code, strerror)
-        return cls(path, code, " ".join(str(exc.strerror or exc).split()))
+        cause = exc.strerror and " ".join(str(exc.strerror).split()) or one_line_cause(exc)
+        if type(exc).__module__.startswith("huggingface_hub") and _status(exc) in (401, 403):
+            cause += "; the Hub refused the token: set HF_TOKEN to a token with access to the repo"
+        return cls(path, code, cause)
 
     def __reduce__(self):  # keeps path and errno across process pools and Ray
         return (type(self), (self.path, self.errno, self.strerror))
@@ -381,10 +384,37 @@ def check_reachable(store: Storage) -> None:
     try:
         info = store.fs.get_file_info(bucket)
     except OSError as exc:
-        raise X2IError(f"{store.uri}: cannot reach the {store.scheme} store ({' '.join(str(exc).split())}); "
-                       "check AWS_ENDPOINT_URL, the network and the credentials") from None
+        refused = _status(exc) in (401, 403)
+        raise X2IError(f"{store.uri}: {'the credentials were refused by' if refused else 'cannot reach'} the "
+                       f"{store.scheme} store ({one_line_cause(exc)}); {_FIX[store.scheme]}") from None
     if info.type == pafs.FileType.NotFound:
+        if store.scheme == "hf":
+            kind = "dataset repo" if parts[0] == "datasets" else "space" if parts[0] == "spaces" else "model repo"
+            repo = bucket.split("/", 1)[1] if parts[0] in ("datasets", "spaces") else bucket
+            raise X2IError(f"{store.uri}: {kind} {repo!r} does not exist (or HF_TOKEN cannot see it: a private "
+                           "repo needs a token with read access); create it on the Hub, or check the name and HF_TOKEN")
         raise X2IError(f"{store.uri}: bucket {bucket!r} does not exist (or these credentials cannot see it)")
+
+
+# What to check when a store cannot be reached (each names its own settings, not another store's).
+_FIX = {"s3": "check AWS_ENDPOINT_URL, the network and the credentials",
+        "gs": "check STORAGE_EMULATOR_HOST or GOOGLE_APPLICATION_CREDENTIALS, and the network",
+        "hf": "check HF_TOKEN (a token the Hub refuses: 401), HF_ENDPOINT and the network"}
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of an error that carries its response (huggingface_hub's), else None."""
+    return getattr(getattr(exc, "response", None), "status_code", None)
+
+
+def one_line_cause(exc: BaseException) -> str:
+    """An error as one short line. huggingface_hub's HTTP errors span lines (with a documentation link): keep
+    the status and the Hub's own message."""
+    response, status = getattr(exc, "response", None), _status(exc)
+    if status is not None:
+        server = getattr(exc, "server_message", None) or getattr(response, "reason_phrase", "") or ""
+        return " ".join(f"HTTP {status} {server}".split()) + f" for {getattr(response, 'url', '')}"
+    return " ".join(str(exc).split())
 
 
 def open_file(target: str | Path):
