@@ -47,7 +47,7 @@ def _folders(files: dict[str, bytes]) -> set[str]:
 
 
 class ReadRoutes:
-    """Mixed into FakeHub: needs self.repos, self.url, self.cdn_url, self.blobs, self.page_size, self.head(repo, branch)."""
+    """Mixed into FakeHub: needs self.url, self.cdn_url, self.blobs, self.page_size, self.head(repo, branch)."""
 
     def file_entry(self, path: str, data: bytes, expand: bool, commit: dict) -> dict:
         entry = {"type": "file", "path": path, "size": len(data), "oid": git_sha1(data)}
@@ -55,7 +55,8 @@ class ReadRoutes:
             entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
         if expand:
             entry["lastCommit"] = commit
-            entry["securityFileStatus"] = {"status": "safe"}
+            entry["securityFileStatus"] = {"status": "safe", "avScan": {"status": "safe"},
+                                           "pickleImportScan": {"status": "unscanned", "pickleImports": []}}
         return entry
 
     def folder_entry(self, path: str, files: dict[str, bytes], expand: bool, commit: dict) -> dict:

@@ -7,6 +7,7 @@ The hub's tree pages are kept small (PAGE entries) so every listing here goes th
 pagination, and huggingface_hub's parallel splitting of large listings, as a big repo's would."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -167,3 +168,33 @@ def test_a_missing_repo_a_bad_token_and_no_token_on_a_private_repo_are_one_line(
     monkeypatch.delenv("HF_TOKEN")
     line = one_error_line(invoke("validate", pushed))  # private: anonymous requests cannot see it
     assert "org/built" in line and "HF_TOKEN" in line
+
+
+def test_the_fake_hub_answers_huggingface_hub_as_the_hub_does(hub, tmp_path):
+    """What x2i relies on above, checked on the client's own terms: paginated (and expanded) listings, paths-info,
+    ranged reads, and hf_hub_download's HEAD (X-Repo-Commit, the LFS redirect's X-Linked-Size/X-Linked-Etag)."""
+    from huggingface_hub import HfFileSystem, get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    shard, card = bytes(range(256)) * 40, b"---\nlicense: mit\n---\n"
+    repo = hub.add_repo("org/fidelity", {"README.md": card, **{f"data/t{i}/part-{i}.parquet": shard for i in range(6)}})
+    fs = HfFileSystem(endpoint=hub.url, token=TOKEN, skip_instance_cache=True)
+    found = fs.find("datasets/org/fidelity", detail=True)  # > PAGE entries: several pages, split by folder
+    assert sorted(found) == sorted(f"datasets/org/fidelity/{p}" for p in hub.files("org/fidelity"))
+    assert found["datasets/org/fidelity/data/t0/part-0.parquet"]["lfs"].sha256 == hashlib.sha256(shard).hexdigest()
+    listed = fs.ls("datasets/org/fidelity/data", expand_info=True)
+    assert len(listed) == 6 and all(e["last_commit"].oid == hub.head(repo, "main") for e in listed)
+    info = HfFileSystem(endpoint=hub.url, token=TOKEN, skip_instance_cache=True).info(
+        "datasets/org/fidelity/README.md", expand_info=True)  # a fresh cache: paths-info
+    assert info["size"] == len(card) and info["last_commit"] is not None
+    assert ("POST", "/api/datasets/org/fidelity/paths-info/main") in {(m, p) for m, p, _ in hub.requests}
+    with fs.open("datasets/org/fidelity/data/t1/part-1.parquet", block_size=1000) as f:
+        f.seek(9000)
+        assert f.read(2000) == shard[9000:10240]  # a ranged read over the redirect, cut at the end
+    url = hf_hub_url("org/fidelity", "data/t2/part-2.parquet", repo_type="dataset", endpoint=hub.url)
+    meta = get_hf_file_metadata(url, token=TOKEN)
+    assert (meta.commit_hash, meta.etag, meta.size) == (hub.head(repo, "main"), hashlib.sha256(shard).hexdigest(),
+                                                        len(shard))
+    for name, data in (("README.md", card), ("data/t3/part-3.parquet", shard)):
+        path = hf_hub_download("org/fidelity", name, repo_type="dataset", endpoint=hub.url, token=TOKEN,
+                               cache_dir=tmp_path)
+        assert Path(path).read_bytes() == data and hub.head(repo, "main") in path
