@@ -90,7 +90,7 @@ def test_validate_stats_view_export_read_hf_like_the_local_copy(hub, reference, 
     assert any("/resolve/main/data/" in path for _, path, _ in hub.requests)  # shards read over HTTP
 
 
-def test_publish_dry_run_stages_an_hf_dataset_like_the_local_one(pushed, reference, tmp_path):
+def test_publish_dry_run_stages_an_hf_dataset_like_the_local_one(hub, pushed, reference, tmp_path):
     for name, where in (("local", reference[0]), ("hf", pushed)):
         result = invoke("publish", where, "--repo-id", "org/name", "--dry-run", "--no-decode",
                         "--stage", tmp_path / name)
@@ -98,6 +98,14 @@ def test_publish_dry_run_stages_an_hf_dataset_like_the_local_one(pushed, referen
     staged = {name: {k: v for k, v in folder_files(tmp_path / name).items() if not k.startswith(".")}
               for name in ("local", "hf")}  # (.x2i-stage.json names the dataset it staged)
     assert staged["hf"] == staged["local"] and "README.md" in staged["hf"]
+    # and for real: published from the Hub to the Hub (another repo), the files are what was staged
+    result = invoke("publish", pushed, "--repo-id", "org/published", "--endpoint", hub.url, "--no-decode",
+                    "--stage", tmp_path / "real")
+    assert result.exit_code == 0, result.output
+    real = {k: v for k, v in folder_files(tmp_path / "real").items() if not k.startswith(".")}
+    assert hub.files("org/published") == real  # (its card names org/published)
+    assert {k: v for k, v in real.items() if k != "README.md"} == \
+           {k: v for k, v in staged["hf"].items() if k != "README.md"}
 
 
 def test_build_to_hf_equals_the_local_build_and_a_rerun_is_a_no_op(hub, tmp_path):
