@@ -29,6 +29,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from x2i.core.errors import X2IError
+# check_reachable lives with the error wording it shares with StorageError; importers take it from here
+from x2i.core.store_errors import check_reachable, http_status, one_line_cause  # noqa: F401
 
 SCHEMES = ("s3", "gs", "gcs", "hf")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -56,7 +58,7 @@ class StorageError(X2IError, OSError):
             code, strerror = errno_names.ENOENT, "no such file or object"
             return cls(path, code, strerror)
         cause = exc.strerror and " ".join(str(exc.strerror).split()) or one_line_cause(exc)
-        if type(exc).__module__.startswith("huggingface_hub") and _status(exc) in (401, 403):
+        if type(exc).__module__.startswith("huggingface_hub") and http_status(exc) in (401, 403):
             cause += "; the Hub refused the token: set HF_TOKEN to a token with access to the repo"
         return cls(path, code, cause)
 
@@ -369,52 +371,6 @@ def _hf_filesystem():
     # made under other settings; so the endpoint is passed and fsspec's instance cache skipped.
     fs = HfFileSystem(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def check_reachable(store: Storage) -> None:
-    """Fail early, in one line, when an object store's bucket is missing or its endpoint unreachable."""
-    if store.is_local:
-        return
-    import pyarrow.fs as pafs
-
-    parts = store.base.split("/")
-    # The bucket; on the Hub the repo (datasets/ORG/NAME, or ORG/NAME for a model repo).
-    bucket = "/".join(parts[:3] if parts[0] in ("datasets", "spaces") else parts[:2]) if store.scheme == "hf" \
-        else parts[0]
-    try:
-        info = store.fs.get_file_info(bucket)
-    except OSError as exc:
-        refused = _status(exc) in (401, 403)
-        raise X2IError(f"{store.uri}: {'the credentials were refused by' if refused else 'cannot reach'} the "
-                       f"{store.scheme} store ({one_line_cause(exc)}); {_FIX[store.scheme]}") from None
-    if info.type == pafs.FileType.NotFound:
-        if store.scheme == "hf":
-            kind = "dataset repo" if parts[0] == "datasets" else "space" if parts[0] == "spaces" else "model repo"
-            repo = bucket.split("/", 1)[1] if parts[0] in ("datasets", "spaces") else bucket
-            raise X2IError(f"{store.uri}: {kind} {repo!r} does not exist (or HF_TOKEN cannot see it: a private "
-                           "repo needs a token with read access); create it on the Hub, or check the name and HF_TOKEN")
-        raise X2IError(f"{store.uri}: bucket {bucket!r} does not exist (or these credentials cannot see it)")
-
-
-# What to check when a store cannot be reached (each names its own settings, not another store's).
-_FIX = {"s3": "check AWS_ENDPOINT_URL, the network and the credentials",
-        "gs": "check STORAGE_EMULATOR_HOST or GOOGLE_APPLICATION_CREDENTIALS, and the network",
-        "hf": "check HF_TOKEN (a token the Hub refuses: 401), HF_ENDPOINT and the network"}
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status of an error that carries its response (huggingface_hub's), else None."""
-    return getattr(getattr(exc, "response", None), "status_code", None)
-
-
-def one_line_cause(exc: BaseException) -> str:
-    """An error as one short line. huggingface_hub's HTTP errors span lines (with a documentation link): keep
-    the status and the Hub's own message."""
-    response, status = getattr(exc, "response", None), _status(exc)
-    if status is not None:
-        server = getattr(exc, "server_message", None) or getattr(response, "reason_phrase", "") or ""
-        return " ".join(f"HTTP {status} {server}".split()) + f" for {getattr(response, 'url', '')}"
-    return " ".join(str(exc).split())
 
 
 def open_file(target: str | Path):
