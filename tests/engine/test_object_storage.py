@@ -28,6 +28,9 @@ from x2i.engine.build import build  # noqa: E402
 from x2i.engine.lock import BuildLocked  # noqa: E402
 from x2i.engine.object_lock import ObjectLock  # noqa: E402
 from x2i.engine.recipe import load_recipe  # noqa: E402
+from storage_helpers import data_hashes as _data_hashes  # noqa: E402
+from storage_helpers import one_error_line  # noqa: E402
+from storage_helpers import parquet_shards as _parquet_shards  # noqa: E402
 
 X2I = [sys.executable, "-m", "x2i.cli.main"]
 LIMIT = 60
@@ -85,12 +88,6 @@ def assert_same_build(client, prefix: str, reference) -> None:
     data = {k for k in stored if k.startswith(("data/", "rejects/")) and not k.endswith("/")}
     assert data == {s["path"] for s in manifest["shards"]} | set(manifest["rejects_files"]), "orphan objects"
     assert ".x2i-lock" not in stored
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("x2i: error: "), result.output
-    return lines[0]
 
 
 def test_build_validate_stats_publish_on_s3_equal_the_local_build(s3, reference, tmp_path):
@@ -223,33 +220,11 @@ def test_paths_under_a_local_root_stay_local(tmp_path):
     assert not Path("s3:").exists()
 
 
-def _parquet_shards(tars: Path, dest: Path) -> None:
-    """img2dataset's `--output_format parquet` layout made from the embedded webdataset shards: one parquet per
-    shard, its sidecar's columns plus the image in a `jpg` column."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from x2i.sources import img2dataset as i2d
-
-    dest.mkdir()
-    for tar in sorted(tars.glob("*.tar")):
-        sidecar = tar.with_suffix(".parquet")
-        schema = pq.read_schema(sidecar).append(pa.field("jpg", pa.binary()))
-        rows = [{**{k: r.meta.get(k) for k in schema.names}, "jpg": r.image}
-                for r in i2d.iter_records(i2d.Shard(str(tar), "tar", str(sidecar))) if r.meta.get("key") is not None]
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), dest / sidecar.name, row_group_size=8)
-
-
 def _upload(client, folder: Path, prefix: str) -> str:
     for p in sorted(folder.rglob("*")):
         if p.is_file():
             client.put_object(Bucket=BUCKET, Key=f"{prefix}/{p.relative_to(folder)}", Body=p.read_bytes())
     return f"s3://{BUCKET}/{prefix}"
-
-
-def _data_hashes(out: Path) -> dict[str, str]:
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((out / "data").rglob("*.parquet"))}
 
 
 @pytest.mark.parametrize("layout", ["tars", "join", "parquet"])

@@ -29,6 +29,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from x2i.core.errors import X2IError
+# check_reachable lives with the error wording it shares with StorageError; importers take it from here
+from x2i.core.store_errors import check_reachable, http_status, one_line_cause  # noqa: F401
 
 SCHEMES = ("s3", "gs", "gcs", "hf")
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -49,7 +51,16 @@ class StorageError(X2IError, OSError):
         if isinstance(exc, StorageError):
             return exc
         # pyarrow's object-store errors carry no errno and may span lines: one line, as every x2i error.
-        return cls(path, exc.errno, " ".join(str(exc.strerror or exc).split()))
+        code = exc.errno
+        if code is None and isinstance(exc, FileNotFoundError):
+            # An fsspec filesystem (hf:// through pyarrow's FSSpecHandler) raises FileNotFoundError(path), without
+            # errno: keep it ENOENT, or callers that treat "missing" as normal (the lock's read) see a failure.
+            code, strerror = errno_names.ENOENT, "no such file or object"
+            return cls(path, code, strerror)
+        cause = exc.strerror and " ".join(str(exc.strerror).split()) or one_line_cause(exc)
+        if type(exc).__module__.startswith("huggingface_hub") and http_status(exc) in (401, 403):
+            cause += "; the Hub refused the token: set HF_TOKEN to a token with access to the repo"
+        return cls(path, code, cause)
 
     def __reduce__(self):  # keeps path and errno across process pools and Ray
         return (type(self), (self.path, self.errno, self.strerror))
@@ -355,26 +366,11 @@ def _hf_filesystem():
         raise X2IError("hf:// paths need huggingface_hub: pip install 'x2i[publish]'") from None
     import pyarrow.fs as pafs
 
-    return pafs.PyFileSystem(pafs.FSSpecHandler(HfFileSystem()))
-
-
-def check_reachable(store: Storage) -> None:
-    """Fail early, in one line, when an object store's bucket is missing or its endpoint unreachable."""
-    if store.is_local:
-        return
-    import pyarrow.fs as pafs
-
-    parts = store.base.split("/")
-    # The bucket; on the Hub the repo (datasets/ORG/NAME, or ORG/NAME for a model repo).
-    bucket = "/".join(parts[:3] if parts[0] in ("datasets", "spaces") else parts[:2]) if store.scheme == "hf" \
-        else parts[0]
-    try:
-        info = store.fs.get_file_info(bucket)
-    except OSError as exc:
-        raise X2IError(f"{store.uri}: cannot reach the {store.scheme} store ({' '.join(str(exc).split())}); "
-                       "check AWS_ENDPOINT_URL, the network and the credentials") from None
-    if info.type == pafs.FileType.NotFound:
-        raise X2IError(f"{store.uri}: bucket {bucket!r} does not exist (or these credentials cannot see it)")
+    # HF_ENDPOINT and HF_TOKEN as they are now (this cache is keyed on them): huggingface_hub reads HF_ENDPOINT once,
+    # at import, and fsspec would hand back a cached instance (with its listings and "repo not found" answers)
+    # made under other settings; so the endpoint is passed and fsspec's instance cache skipped.
+    fs = HfFileSystem(endpoint=os.environ.get("HF_ENDPOINT") or None, skip_instance_cache=True)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def open_file(target: str | Path):

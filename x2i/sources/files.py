@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from x2i.core.errors import SourceError
-from x2i.core.storage import Storage, check_target, is_uri
+from x2i.core.storage import Storage, check_reachable, check_target, is_uri
 
 TAR_BUFFER = 8 << 20  # a tar is read as a stream: big reads, not one request per 10 KB tar record
 
@@ -80,7 +80,15 @@ class UriPath:
         return Storage.for_uri(self.uri)
 
     def exists(self) -> bool:
-        return self.store().exists()
+        store = self.store()
+        try:
+            found = store.exists()
+        except OSError:
+            check_reachable(store)  # refused credentials, a dead endpoint: one line naming the setting to check
+            raise
+        if not found:
+            check_reachable(store)  # a missing bucket or Hub repo is named as such (not "no such file")
+        return found
 
     def is_file(self) -> bool:
         return self._listed_file or self.store().size("") is not None
