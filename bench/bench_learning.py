@@ -100,12 +100,14 @@ def score_edit(images, samples) -> tuple[dict, list[str]]:
     import numpy as np
 
     from x2i.core.masks import decode_mask
-    from x2i.model.testing.shapes_check import MIN_PIXELS, check_region, colour_left, unchanged_error
+    from x2i.model.testing.shapes_check import MIN_PIXELS, check_region, colour_left, shapes_kept, unchanged_error
 
-    colour, shape, removed, errors, notes = [], [], [], [], []
+    colour, shape, removed, strict, kept, errors, notes = [], [], [], [], [], [], []
     for im, (_, inputs, truth, meta) in zip(images, samples):
         p, mask = meta["proof"], decode_mask(meta["change_mask"])
         errors.append(unchanged_error(im, inputs[0], mask))
+        others = shapes_kept(im, p.get("shapes", []))
+        kept += others
         if p["kind"] == "recolour":
             v = check_region(im, mask, p["color"], p["shape"])
             colour.append(v.color_ok)
@@ -115,12 +117,18 @@ def score_edit(images, samples) -> tuple[dict, list[str]]:
             gone = check_region(inputs[0], mask, "red", "circle").color  # the removed shape's colour
             left = colour_left(im, mask, gone) if gone else 0
             removed.append(left < MIN_PIXELS)
-            notes.append(f"{gone} left: {left}px")
+            # The lenient test above passes an output that lost every shape; the strict one also wants the shapes
+            # the edit leaves alone still there (shapes_check.shapes_kept).
+            strict.append(left < MIN_PIXELS and all(others))
+            notes.append(f"{gone} left: {left}px" + ("" if all(others) else f", lost {others.count(False)}"))
     n = max(1, len(colour) + len(removed))
     return {"colour_accuracy": (sum(colour) + sum(removed)) / n,
+            "colour_accuracy_strict": (sum(colour) + sum(strict)) / n,
             "recolour_colour_accuracy": sum(colour) / max(1, len(colour)),
-            "remove_accuracy": sum(removed) / max(1, len(removed)), "recolours": len(colour),
+            "remove_accuracy": sum(removed) / max(1, len(removed)),
+            "remove_accuracy_strict": sum(strict) / max(1, len(strict)), "recolours": len(colour),
             "removes": len(removed), "shape_accuracy": sum(shape) / max(1, len(shape)),
+            "other_shapes_kept": sum(kept) / max(1, len(kept)), "other_shapes": len(kept),
             "unchanged_error": round(float(np.mean(errors)), 4)}, notes
 
 
