@@ -12,8 +12,9 @@ mirrors, re-encodings and failed downloads) are rejected as `not_a_scene`.
   neutral grey square): "Draw the object in <img><|image_1|></img>, large, in the top left corner, on a
   checkered background." The output must copy the input's colour and outline.
 - `edit`: a 1-3 shape scene and one recolour or remove edit of it (x2i.shapes.edits.make_edit, instructions such
-  as "Make the red circle blue." / "Remove the star."), the exact change mask in `meta.change_mask` as
-  image_edit rows have it (so training weights the changed latents the same way).
+  as "Make the red circle blue." / "Remove the star.", the input image after them: "Remove the star in
+  <img><|image_1|></img>."), the exact change mask in `meta.change_mask` as image_edit rows have it (so training
+  weights the changed latents the same way), and the output's shapes in `meta.proof.shapes` for the checker.
 """
 from __future__ import annotations
 
