@@ -19,7 +19,9 @@ continuous) and mostly new combinations; the JSON says how many of them repeat a
   `swap_follow_rate` is how often the output takes the new input's colour (not the prior, not the old colour).
 - edit: recolour edits are judged inside the change mask (colour = the asked colour, shape = kept), remove edits
   pass when the removed colour is gone from the mask; `unchanged_error` is the mean pixel error (0-1) against
-  the input outside the mask, beside `codec_floor` (the same error of the input's own codec round trip).
+  the input outside the mask, beside `codec_floor` (the same error of the input's own codec round trip). Those
+  tests pass an output that paints or drops every shape, so the `*_strict` figures also want every shape the
+  edit leaves alone still there in its colour (shapes_check.shapes_kept); `other_shapes_kept` is that share.
 Chance is 1/6 for colour and 1/4 for shape. The checker's accuracy on the proof set's real images is printed
 first, so a low figure can be told from a bad checker. Output: a JSON line with the figures and WORK/grid.png.
 """
@@ -96,32 +98,47 @@ def generate(pipe, texts, inputs, args, seed_base: int):
     return images
 
 
-def score_edit(images, samples) -> tuple[dict, list[str]]:
+def score_edit(images, samples) -> tuple[dict, list[str], list[bool]]:
+    """The edit figures, a note per sample and its strict verdict (for the grid)."""
     import numpy as np
 
     from x2i.core.masks import decode_mask
-    from x2i.model.testing.shapes_check import MIN_PIXELS, check_region, colour_left, unchanged_error
+    from x2i.model.testing.shapes_check import MIN_PIXELS, check_region, colour_left, shapes_kept, unchanged_error
 
-    colour, shape, removed, errors, notes = [], [], [], [], []
+    colour, shape, removed, strict, kept, errors, notes = [], [], [], [], [], [], []
+    kinds: list[str] = []
     for im, (_, inputs, truth, meta) in zip(images, samples):
         p, mask = meta["proof"], decode_mask(meta["change_mask"])
+        kinds.append(p["kind"])
         errors.append(unchanged_error(im, inputs[0], mask))
+        others = shapes_kept(im, p.get("shapes", []))
+        kept += others
         if p["kind"] == "recolour":
             v = check_region(im, mask, p["color"], p["shape"])
             colour.append(v.color_ok)
             shape.append(v.shape_ok)
-            notes.append(f"got {v.color} {v.shape}")
+            strict.append(v.color_ok and all(others))
+            notes.append(f"got {v.color} {v.shape}" + ("" if all(others) else f", lost {others.count(False)}"))
         else:
             gone = check_region(inputs[0], mask, "red", "circle").color  # the removed shape's colour
             left = colour_left(im, mask, gone) if gone else 0
             removed.append(left < MIN_PIXELS)
-            notes.append(f"{gone} left: {left}px")
+            # The lenient test passes an output that lost every shape (and a recolour that paints every shape);
+            # the strict one also wants the shapes the edit leaves alone still there (shapes_check.shapes_kept).
+            strict.append(left < MIN_PIXELS and all(others))
+            notes.append(f"{gone} left: {left}px" + ("" if all(others) else f", lost {others.count(False)}"))
     n = max(1, len(colour) + len(removed))
+    strict_recolour = [ok for ok, p in zip(strict, kinds) if p == "recolour"]
+    strict_remove = [ok for ok, p in zip(strict, kinds) if p == "remove"]
     return {"colour_accuracy": (sum(colour) + sum(removed)) / n,
+            "colour_accuracy_strict": sum(strict) / n,
             "recolour_colour_accuracy": sum(colour) / max(1, len(colour)),
-            "remove_accuracy": sum(removed) / max(1, len(removed)), "recolours": len(colour),
+            "recolour_accuracy_strict": sum(strict_recolour) / max(1, len(strict_recolour)),
+            "remove_accuracy": sum(removed) / max(1, len(removed)),
+            "remove_accuracy_strict": sum(strict_remove) / max(1, len(strict_remove)), "recolours": len(colour),
             "removes": len(removed), "shape_accuracy": sum(shape) / max(1, len(shape)),
-            "unchanged_error": round(float(np.mean(errors)), 4)}, notes
+            "other_shapes_kept": sum(kept) / max(1, len(kept)), "other_shapes": len(kept),
+            "unchanged_error": round(float(np.mean(errors)), 4)}, notes, strict
 
 
 def codec_floor(pipe, samples) -> float:
@@ -210,6 +227,7 @@ def main() -> None:
 
     import torch
 
+    from x2i.core.prompt import placeholder
     from x2i.model.inference.pipeline import load_trained
     from x2i.model.testing.shapes_check import accuracy, check
 
@@ -219,20 +237,23 @@ def main() -> None:
                     "held_out_combos_seen_in_training": sum(combo(s[3]) in seen for s in samples)}
     if args.proof != "edit":
         result["checker_on_truth"] = checker_on(samples)
-        print("checker on the held-out true images:", result["checker_on_truth"], flush=True)
+    else:  # the edit figures of the true outputs: every one must pass, the strict ones too
+        truth = score_edit([s[2] for s in samples], samples)[0]
+        result["checker_on_truth"] = {k: truth[k] for k in ("colour_accuracy", "colour_accuracy_strict",
+                                                            "shape_accuracy", "other_shapes_kept")}
+    print("checker on the held-out true images:", result["checker_on_truth"], flush=True)
     t0 = time.perf_counter()
     pipe = load_trained(run_dir / args.model_dir, device=args.device or "cpu")
     texts, inputs = [s[0] for s in samples], [s[1] for s in samples]
     images = generate(pipe, texts, inputs, args, args.prompt_seed * 1000)
     grid = []
     if args.proof == "edit":
-        scores, notes = score_edit(images, samples)
+        scores, notes, oks = score_edit(images, samples)
         result.update(scores, codec_floor=codec_floor(pipe, samples),
                       accuracy={"n": len(samples), "color": scores["colour_accuracy"],
                                 "shape": scores["shape_accuracy"], "both": None})
-        for im, (text, ins, _, meta), note in zip(images, samples, notes):
-            grid.append((ins[0], im, text.split("</img> ")[-1], note, note.startswith(f"got {meta['proof']['color']}")
-                         or (" left: " in note and int(note.split(": ")[1][:-2]) < 6)))
+        for im, (text, ins, _, meta), note, ok in zip(images, samples, notes, oks):
+            grid.append((ins[0], im, text.replace(placeholder(1), "[img]").replace("[img] ", ""), note, ok))
     else:
         verdicts = [check(im, want(s[3])) for im, s in zip(images, samples)]
         acc = accuracy(verdicts)

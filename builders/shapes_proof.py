@@ -12,8 +12,9 @@ mirrors, re-encodings and failed downloads) are rejected as `not_a_scene`.
   neutral grey square): "Draw the object in <img><|image_1|></img>, large, in the top left corner, on a
   checkered background." The output must copy the input's colour and outline.
 - `edit`: a 1-3 shape scene and one recolour or remove edit of it (x2i.shapes.edits.make_edit, instructions such
-  as "Make the red circle blue." / "Remove the star."), the exact change mask in `meta.change_mask` as
-  image_edit rows have it (so training weights the changed latents the same way).
+  as "Make the red circle blue." / "Remove the star.", the input image after them: "Remove the star in
+  <img><|image_1|></img>."), the exact change mask in `meta.change_mask` as image_edit rows have it (so training
+  weights the changed latents the same way), and the output's shapes in `meta.proof.shapes` for the checker.
 """
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ class ShapesProofParams:
     input_size: int = 32  # reference: side of the input image
     world_seed: int = 0  # seeds the proof samples (held-out evaluation uses another)
     jitter: float = 0.05  # placement noise around the place's centre, as a fraction of the free range
+    # edit: where the input image goes in the instruction. "last" ("Make the red circle blue in <img>.") lets the
+    # image's tokens see the instruction (OmniGen's mask is causal over the condition) and keeps the distance
+    # from each input token to its output token the same in every sample; "first" ("<img> Make ...") was the
+    # original form (see edit_instruction).
+    edit_image: str = "last"  # first | last
+    # edit: shapes per scene, drawn from min_shapes..max_shapes (the world may fit fewer: such scenes are redrawn
+    # when below min_shapes). The held-out samples keep the defaults (1-3); a training set with at least two
+    # shapes has no scene where "do it to every shape" is right, and more shapes the edit must leave alone.
+    min_shapes: int = 1
+    max_shapes: int = 3
 
 
 def pastel(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -103,7 +114,9 @@ def proof_sample(proof: str, index: int, p: ShapesProofParams, template: int | N
                                              bg=d["background"])
         return text, [reference_input(scene.shapes[0], p.input_size)], scene.render(), {"proof": d}
     for attempt in range(20):  # scenes with no valid recolour / remove (nothing nameable) are redrawn
-        scene = make_scene(index * 20 + attempt, p.world_seed, p.size, p.size, max_shapes=3)
+        scene = make_scene(index * 20 + attempt, p.world_seed, p.size, p.size, max_shapes=p.max_shapes)
+        if len(scene.shapes) < p.min_shapes:
+            continue
         edit = make_edit(scene, rng, kinds=("recolour", "remove"))
         if edit is not None:
             break
@@ -114,10 +127,30 @@ def proof_sample(proof: str, index: int, p: ShapesProofParams, template: int | N
     changed = [i for i, (a, b) in enumerate(zip(edit.before.shapes, edit.after.shapes)) if a != b] \
         if edit.kind == "recolour" else []
     target = edit.after.shapes[changed[0]] if changed else None
+    # The output's shapes in drawing order, `kept` = left alone by the edit: the checker's "was the rest kept"
+    # test (shapes_check.shapes_kept; the order tells it which parts of a shape a later one covers).
+    shapes = [{"kind": s.kind, "color": s.color, "size": s.size, "cx": s.cx, "cy": s.cy, "radius": s.radius,
+               "angle": s.angle, "kept": s is not target} for s in edit.after.shapes]
     meta = {"proof": {"kind": edit.kind, "color": target.color if target else None,
-                      "shape": target.kind if target else None, "size": target.size if target else None},
+                      "shape": target.kind if target else None, "size": target.size if target else None,
+                      "shapes": shapes},
             "change_mask": encode_mask(mask, "rendered"), "edit_kind": edit.kind}
-    return f"{placeholder(1)} {edit.instruction}", [before], after, meta
+    return edit_instruction(edit.instruction, p.edit_image), [before], after, meta
+
+
+def edit_instruction(instruction: str, where: str = "last") -> str:
+    """The edit instruction with the input image's placeholder first or last.
+
+    "first": "<img><|image_1|></img> Make the red circle blue." The condition is causal, so the image's tokens
+    then never see the instruction, and the rotary distance from an input token to the output token at the same
+    place changes with the instruction's length. "last": "Make the red circle blue in <img><|image_1|></img>."
+    Every input token sees the whole instruction, and that distance is the same in every sample (only the fixed
+    template suffix and the time token lie between the image and the output)."""
+    if where == "first":
+        return f"{placeholder(1)} {instruction}"
+    if where != "last":
+        raise ValueError(f"edit_image must be 'first' or 'last', got {where!r}")
+    return f"{instruction.rstrip('.')} in {placeholder(1)}."
 
 
 class ShapesProofStep(MapStep):
@@ -126,6 +159,11 @@ class ShapesProofStep(MapStep):
     def __init__(self, params: ShapesProofParams):
         if params.proof not in PROOFS:
             raise ValueError(f"params.proof must be one of {PROOFS}, got {params.proof!r}")
+        if not 1 <= params.min_shapes <= params.max_shapes:
+            raise ValueError(f"need 1 <= params.min_shapes <= params.max_shapes, got {params.min_shapes}, "
+                             f"{params.max_shapes}")
+        if params.edit_image not in ("first", "last"):
+            raise ValueError(f"params.edit_image must be 'first' or 'last', got {params.edit_image!r}")
         self.p = params
 
     def process(self, sample: Sample, ctx: Context) -> Sample:

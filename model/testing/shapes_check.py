@@ -171,3 +171,23 @@ def unchanged_error(output: Image.Image, source: Image.Image, mask: np.ndarray) 
     b = np.asarray(source.convert("RGB").resize(output.size), np.float32)
     keep = ~_grown(mask)
     return float(np.abs(a - b)[keep].mean() / 255.0) if keep.any() else 0.0
+
+
+def shapes_kept(image: Image.Image, shapes: list[dict], min_share: float = 0.5) -> list[bool]:
+    """Per shape the edit should leave alone: is it still there? `shapes`: the expected output's shapes in
+    drawing order, dicts of x2i.shapes.world.Shape fields plus `kept` (the edit proof's meta.proof.shapes); one
+    verdict per kept shape. A shape is there when at least `min_share` of its visible body (coverage above one
+    half, less what later shapes cover) reads as its colour in `image`: an output that loses every shape, or
+    paints one in another colour, fails; the edge pixels a codec blurs are few next to the body (a 64 px scene's
+    small shapes cover ~60 pixels)."""
+    cmap = colour_map(image)
+    fields = ("kind", "color", "size", "cx", "cy", "radius", "angle")
+    bodies = [Shape(**{k: d[k] for k in fields}).coverage(image.width, image.height) > 0.5 for d in shapes]
+    out = []
+    for i, d in enumerate(shapes):
+        if not d.get("kept", True):
+            continue
+        visible = bodies[i] & ~np.logical_or.reduce([np.zeros_like(bodies[i])] + bodies[i + 1:])
+        n = int(visible.sum())
+        out.append(bool(n == 0 or (cmap[visible] == _NAMES.index(d["color"])).sum() >= min_share * n))
+    return out
