@@ -13,10 +13,10 @@ PSNR of LANCZOS on photos, docs/benchmarks.md has the table): INTER_LINEAR for a
 2.7x faster than OpenCV's fractional INTER_AREA and as close to LANCZOS, measured on the five photos: within
 0.5 dB at 0.67, closer from 0.7 up), INTER_AREA (pixel-area averaging) below that, where a 2-tap tent starts to
 alias (2-3 dB further from LANCZOS at 0.5-0.6), and LANCZOS4 to enlarge. A JPEG that `load` is told will only
-be fitted (`fit_side`) and is at least twice that size decodes straight to 1/2, 1/4 or 1/8 scale (libjpeg's
-scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the exact box
-(`_fit_reduced`): 2-6x less time than the full decode and resample for 2.2-8.8x larger sources, as close to
-LANCZOS (bench/resize_bench.py).
+be fitted (`fit_side`) and is large enough (`_reduction_pays`) decodes straight to 1/2, 1/4 or 1/8 scale
+(libjpeg's scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the
+exact box (`_fit_reduced`): as close to LANCZOS as the full path, and 1.9-3.7x faster where it is used
+(bench/resize_bench.py).
 OpenCV is pinned to one thread: x2i parallelises by processes, and a thread pool would only oversubscribe the
 cores and make forked workers unsafe (x2i.engine.executor.start_method).
 """
@@ -111,10 +111,10 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> Image.Im
         if w * h > max_pixels:
             raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
         im.info["x2i_size"] = (w, h)
-        if fit_side is not None and max(w, h) >= 2 * fit_side and im.format == "JPEG" and im.mode == "RGB" \
-                and _orientation(im) == 1:
-            # The scaled size fit() resamples to; libjpeg decodes at the smallest 1/2^k scale still >= it.
-            im.draft(None, scaled_size(w, h, min(1.0, fit_side / max(w, h))))
+        if fit_side is not None and im.format == "JPEG" and im.mode == "RGB" and _orientation(im) == 1:
+            target = scaled_size(w, h, min(1.0, fit_side / max(w, h)))  # the size fit() resamples to
+            if _reduction_pays(w, h, *target):
+                im.draft(None, target)  # libjpeg decodes at the smallest 1/2^k scale still >= target
         try:
             im.load()
         except MemoryError:  # the machine, not the image
@@ -122,6 +122,17 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> Image.Im
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
             raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
     return im
+
+
+def _reduction_pays(width: int, height: int, target_w: int, target_h: int) -> bool:
+    """Whether decoding at 1/s and resampling the rest with LANCZOS beats the full decode + OpenCV resample: at
+    s >= 4 always; at s = 2 only when the reduced image is within 4/3 of the target (LANCZOS from a larger one costs
+    what the smaller decode saved: 2048 -> 768 px 1.17x, 1536 -> 512 px no faster; 2048 -> 1024 px 1.9x;
+    bench/resize_bench.py, bench/e2e_bench.py --side 1536)."""
+    s = min(width // target_w, height // target_h)  # PIL's draft: the largest 1/2^k with both sides >= target
+    if s >= 4:
+        return True
+    return s >= 2 and 3 * max(width, height) <= 8 * max(target_w, target_h)  # max / 2 <= 4/3 of the target
 
 
 def _orientation(im: Image.Image) -> int:
@@ -165,8 +176,8 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
          fit_side: int | None = None) -> EncodedImage:
     """Validate and normalise an image file: original bytes kept when they already are plain RGB JPEG/PNG.
-    `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG at
-    least twice that size is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
+    `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG large
+    enough for it to pay (`_reduction_pays`) is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
     found here); `pil()` still gives full-size pixels, decoding again if asked."""
     im = _open(data, max_pixels, fit_side)
     fmt = im.format or ""
