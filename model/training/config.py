@@ -61,6 +61,15 @@ class LoRAConfig:
 
 
 @dataclass
+class TimestepConfig:
+    # Training times t (t = 0 noise, 1 data). logit_normal: t = sigmoid(N(mean, std)), OmniGen's (mean 0, std 1);
+    # uniform: t ~ U(0, 1), as evenly as the Euler sampler visits them (mean / std unused).
+    sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
 class EMAConfig:
     decay: float = 0.0  # 0: no EMA; e.g. 0.999
     every: int = 1  # update every N optimizer steps
@@ -94,6 +103,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    timesteps: TimestepConfig = field(default_factory=TimestepConfig)
     dist: DistConfig = field(default_factory=DistConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +173,8 @@ def _check(c: TrainConfig) -> None:
         problems.append(f"optim.grad_accum must be >= 1, got {c.optim.grad_accum}")
     if not 0.0 <= c.ema.decay < 1.0:
         problems.append(f"ema.decay must be in [0, 1), got {c.ema.decay}")
+    if c.timesteps.std <= 0:
+        problems.append(f"timesteps.std must be > 0, got {c.timesteps.std}")
     if c.edit_loss_weight <= 0:
         problems.append(f"edit_loss_weight must be > 0, got {c.edit_loss_weight}")
     d = c.loader.dropout

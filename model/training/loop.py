@@ -1,7 +1,7 @@
 """The rectified-flow trainer: OmniGen trained straight off a mix of x2i datasets.
 
 Per optimizer step, on every rank: `grad_accum` batches from the mix loader; latents from the codec (or the latent
-cache); t ~ sigmoid(N(0, 1)), x_t = t x1 + (1 - t) noise, target x1 - noise; per-sample velocity MSE, where the
+cache); t ~ sigmoid(N(0, 1)) (or `timesteps`), x_t = t x1 + (1 - t) noise, target x1 - noise; per-sample MSE, where the
 changed latent pixels of image_edit rows weigh `edit_loss_weight` and the rest 1 (OmniGen meant to amplify edited
 regions and left it as a TODO; our builders record the exact change mask); AdamW on fp32 master weights with
 linear warmup, gradient clipping, optional EMA; bf16 autocast on GPU. A non-finite loss or gradient stops the
@@ -146,7 +146,8 @@ class Trainer:
         autocast = torch.autocast(self.info.device.type, dtype=torch.bfloat16) \
             if self.bf16 and self.info.strategy != "fsdp" else nullcontext()
         with autocast:
-            losses = flow_matching_loss(self.module, cond, x1, loss_mask=weights, generator=self.generator)
+            losses = flow_matching_loss(self.module, cond, x1, loss_mask=weights, generator=self.generator,
+                                        timesteps=dataclasses.asdict(self.c.timesteps))
         p2 = self.model_config.patch_size ** 2
         tokens = int(cond.valid.sum()) + len(batch) * (1 + x1.shape[-2] * x1.shape[-1] // p2)
         return losses.mean(), tokens

@@ -109,3 +109,28 @@ def test_proof_mixes_give_every_output_token_its_own_position(proof):
     assert w.var(0).sum() / (w ** 2).sum(1).mean() > 0.3
     unit = torch.nn.functional.normalize(w, dim=1)
     assert (unit @ unit.T - 2 * torch.eye(side * side)).max() < 0.9  # no two tokens nearly alike
+
+
+def test_timestep_sampling_default_is_omnigens_and_uniform_covers_the_ends():
+    # The default must draw exactly what it always drew (sigmoid of one randn per sample, same generator use),
+    # so existing runs reproduce; uniform puts ~20% of the times below 0.2, where the logit-normal puts ~8%.
+    from x2i.core.config import ConfigError
+    from x2i.model.training.config import load_train_config
+    from x2i.model.training.loss import sample_timesteps
+
+    c = load_train_config(base={"mix": "m"})
+    assert (c.timesteps.sampling, c.timesteps.mean, c.timesteps.std) == ("logit_normal", 0.0, 1.0)
+    old = torch.sigmoid(torch.randn(4000, generator=torch.Generator().manual_seed(3)))
+    new = sample_timesteps(4000, torch.Generator().manual_seed(3), **vars(c.timesteps))
+    assert torch.equal(old, new)
+    assert 0.05 < (new < 0.2).float().mean() < 0.11
+    uni = sample_timesteps(4000, torch.Generator().manual_seed(3), sampling="uniform")
+    assert 0.17 < (uni < 0.2).float().mean() < 0.23 and 0 <= uni.min() and uni.max() <= 1
+    shifted = sample_timesteps(4000, torch.Generator().manual_seed(3), mean=-0.5)
+    assert (shifted < 0.2).float().mean() > (new < 0.2).float().mean()
+    with pytest.raises(ConfigError):
+        load_train_config(base={"mix": "m", "timesteps": {"sampling": "cosine"}})
+    with pytest.raises(ConfigError):
+        load_train_config(base={"mix": "m", "timesteps": {"shift": 1.0}})  # strict keys
+    with pytest.raises(ConfigError):
+        load_train_config(base={"mix": "m", "timesteps": {"std": 0.0}})
