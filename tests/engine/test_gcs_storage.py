@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -54,15 +53,11 @@ def gcs(tmp_path_factory):
     else:
         server.kill()
         pytest.fail(f"the GCS emulator did not start: {log.read_text()[-500:]}")
-    saved = os.environ.get("STORAGE_EMULATOR_HOST")
-    os.environ["STORAGE_EMULATOR_HOST"] = host
     try:
-        yield host
+        with pytest.MonkeyPatch.context() as patch:  # module-scoped: the function-scoped monkeypatch cannot serve
+            patch.setenv("STORAGE_EMULATOR_HOST", host)
+            yield host
     finally:
-        if saved is None:
-            os.environ.pop("STORAGE_EMULATOR_HOST", None)
-        else:
-            os.environ["STORAGE_EMULATOR_HOST"] = saved
         server.kill()
         server.wait()
 

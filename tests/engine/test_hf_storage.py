@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -46,16 +45,10 @@ def hub():
     made), and its one accepted token."""
     with FakeHub() as server:
         server.token, server.page_size = TOKEN, PAGE
-        saved = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_TOKEN")}
-        os.environ.update(HF_ENDPOINT=server.url, HF_TOKEN=TOKEN)
-        try:
+        with pytest.MonkeyPatch.context() as env:  # module-scoped: the function-scoped monkeypatch cannot serve
+            env.setenv("HF_ENDPOINT", server.url)
+            env.setenv("HF_TOKEN", TOKEN)
             yield server
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -46,18 +46,14 @@ def s3():
     host, port = server.get_host_and_port()
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
-    client.create_bucket(Bucket=BUCKET)
     try:
-        yield client
+        with pytest.MonkeyPatch.context() as patch:  # module-scoped: the function-scoped monkeypatch cannot serve
+            for k, v in env.items():
+                patch.setenv(k, v)
+            client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+            client.create_bucket(Bucket=BUCKET)
+            yield client
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()
 
 
