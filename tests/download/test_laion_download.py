@@ -12,12 +12,30 @@ from realformat import LAION_V1, scene_jpeg, write_parquet
 from .loopback import Handler, LoopbackServer
 
 
+def laion_row(url, text="Shapes on a background.", **over) -> dict:
+    """A LAION v1 metadata row that every score filter passes."""
+    return {"URL": url, "TEXT": text, "WIDTH": 448.0, "HEIGHT": 400.0, "similarity": 0.3, "hash": 7, "punsafe": 0.01,
+            "pwatermark": 0.1, "aesthetic": 5.2, **over}
+
+
+def download_recipe(path, meta, downloader: str, more: str = "") -> str:
+    """A download-mode text-to-image recipe over the LAION parquet `meta`, written to `path`."""
+    path.write_text(f"""
+name: dl
+builder: text_to_image
+source:
+  format: laion
+  path: {meta}
+  options:
+    download: true
+    downloader: {downloader}
+{more}""")
+    return str(path)
+
+
 def laion_rows(base: str) -> list[dict]:
     def row(path, text="Shapes on a background.", **over):
-        r = {"URL": base + path if path else None, "TEXT": text, "WIDTH": 448.0, "HEIGHT": 400.0, "similarity": 0.3,
-             "hash": 7, "punsafe": 0.01, "pwatermark": 0.1, "aesthetic": 5.2}
-        r.update(over)
-        return r
+        return laion_row(base + path if path else None, text, **over)
 
     return [row("/img/0.jpg"), row("/img/1.jpg"), row("/later.jpg"), row("/html"), row(None), row("/img/2.jpg", None),
             row("/noai"), row("/img/3.jpg", aesthetic=float("nan"))]
@@ -33,20 +51,10 @@ def server():
 def test_download_mode_then_retry_from_rejects(tmp_path, monkeypatch, server):
     monkeypatch.setenv("X2I_CACHE", str(tmp_path / "cache"))
     meta = write_parquet(tmp_path / "laion.parquet", laion_rows(server.base), LAION_V1)
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""
-name: dl
-builder: text_to_image
-source:
-  format: laion
-  path: {meta}
-  options:
-    download: true
-    rows_per_partition: 3
-    downloader: {{allow_networks: ["127.0.0.0/8"], timeout: 2.0, retries: 1, backoff: 0.01, concurrency: 4}}
-""")
+    recipe = download_recipe(tmp_path / "r.yaml", meta, '{allow_networks: ["127.0.0.0/8"], timeout: 2.0, retries: 1, '
+                             'backoff: 0.01, concurrency: 4}', "    rows_per_partition: 3\n")
     out = tmp_path / "out"
-    result = cli("build", "--recipe", str(recipe), "-o", str(out), "-q")
+    result = cli("build", "--recipe", recipe, "-o", str(out), "-q")
     assert result.exit_code == 0, result.output
     manifest = validate(out)
     assert manifest["rows"] == 2 and len(manifest["partitions"]) == 3
@@ -120,23 +128,11 @@ def test_download_mode_decodes_large_jpegs_reduced_and_fits_them_like_a_full_dec
         (im := real_load(*a, **k))._reduced is not None) or im)
     monkeypatch.setenv("X2I_CACHE", str(tmp_path / "cache"))
     with LoopbackServer(files) as s:
-        listed = [{"URL": s.base + p, "TEXT": "A photo of something.", "WIDTH": 1100.0, "HEIGHT": 700.0,
-                   "similarity": 0.3, "hash": 7, "punsafe": 0.01, "pwatermark": 0.1, "aesthetic": 5.2}
-                  for p in files]
+        listed = [laion_row(s.base + p, "A photo of something.", WIDTH=1100.0, HEIGHT=700.0) for p in files]
         meta = write_parquet(tmp_path / "laion.parquet", listed, LAION_V1)
-        recipe = tmp_path / "r.yaml"
-        recipe.write_text(f"""
-name: dl
-builder: text_to_image
-source:
-  format: laion
-  path: {meta}
-  options:
-    download: true
-    downloader: {{allow_networks: ["127.0.0.0/8"], timeout: 5.0, retries: 0}}
-output: {{max_side: 256}}
-""")
-        fetched = cli("build", "--recipe", str(recipe), "-o", str(tmp_path / "a"), "-q")
+        recipe = download_recipe(tmp_path / "r.yaml", meta, '{allow_networks: ["127.0.0.0/8"], timeout: 5.0, retries: 0}',
+                                 "output: {max_side: 256}\n")
+        fetched = cli("build", "--recipe", recipe, "-o", str(tmp_path / "a"), "-q")
         assert fetched.exit_code == 0, fetched.output
         assert reduced == [True, True, True]
         got = cli("download", str(meta), "-o", str(tmp_path / "dl"), "--allow-network", "127.0.0.0/8")

@@ -10,6 +10,7 @@ from helpers_curate import cli, rejects, rows, validate
 from realformat import LAION_V1, scene_jpeg, write_parquet
 
 from .loopback import LoopbackServer
+from .test_laion_download import download_recipe
 
 DOWNLOADER = '{allow_networks: ["127.0.0.0/8"], timeout: 2.0, retries: 0, concurrency: 4}'
 OFF = ["--set", "params.min_aesthetic=null", "--set", "params.max_punsafe=null", "--set", "params.max_pwatermark=null"]
@@ -22,19 +23,7 @@ def server():
 
 
 def recipe(tmp_path, meta) -> str:
-    path = tmp_path / "r.yaml"
-    path.write_text(f"""
-name: dl
-builder: text_to_image
-source:
-  format: laion
-  path: {meta}
-  options:
-    download: true
-    rows_per_partition: 4
-    downloader: {DOWNLOADER}
-""")
-    return str(path)
+    return download_recipe(tmp_path / "r.yaml", meta, DOWNLOADER, "    rows_per_partition: 4\n")
 
 
 def test_rows_the_metadata_rules_out_are_never_fetched(tmp_path, monkeypatch, server):
