@@ -90,9 +90,9 @@ class EncodedImage:
         return f"EncodedImage({self.format} {self.width}x{self.height}, {len(self.data)} bytes)"
 
 
-def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> Image.Image:
-    """Open and fully decode (so damage is found now); `fit_side`: see `load`. The header's size is kept in
-    `im.info["x2i_size"]` (a reduced decode is smaller)."""
+def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Open and fully decode (so damage is found now), with the header's size (`fit_side`, see `load`: a
+    reduced decode is smaller than that)."""
     if not data:
         raise ImageError("image_empty", "zero-byte image")
     with warnings.catch_warnings():  # PIL warns on odd EXIF etc.; such images either decode or are rejected
@@ -110,7 +110,6 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> Image.Im
             raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
         if w * h > max_pixels:
             raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-        im.info["x2i_size"] = (w, h)
         if fit_side is not None and im.format == "JPEG" and im.mode == "RGB" and _orientation(im) == 1:
             target = scaled_size(w, h, min(1.0, fit_side / max(w, h)))  # the size fit() resamples to
             if _reduction_pays(w, h, *target):
@@ -121,7 +120,7 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> Image.Im
             raise
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
             raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
-    return im
+    return im, (w, h)
 
 
 def _reduction_pays(width: int, height: int, target_w: int, target_h: int) -> bool:
@@ -167,7 +166,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode to RGB, applying EXIF orientation. Raises ImageError with a countable reason."""
-    im = _open(data, max_pixels)
+    im, _ = _open(data, max_pixels)
     if _orientation(im) != 1:
         im = ImageOps.exif_transpose(im)
     return to_rgb(im)
@@ -179,10 +178,10 @@ def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIX
     `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG large
     enough for it to pay (`_reduction_pays`) is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
     found here); `pil()` still gives full-size pixels, decoding again if asked."""
-    im = _open(data, max_pixels, fit_side)
+    im, size = _open(data, max_pixels, fit_side)
     fmt = im.format or ""
-    if im.size != im.info["x2i_size"]:  # decoded at a reduced scale: a plain RGB JPEG, passed through
-        return EncodedImage(data, *im.info["x2i_size"], fmt, path, reduced=im)
+    if im.size != size:  # decoded at a reduced scale: a plain RGB JPEG, passed through
+        return EncodedImage(data, *size, fmt, path, reduced=im)
     if fmt in _PASSTHROUGH_FORMATS and im.mode == "RGB" and _orientation(im) == 1:
         return EncodedImage(data, im.width, im.height, fmt, path, pil=im)
     if _orientation(im) != 1:
