@@ -6,7 +6,7 @@ timed alone, per image, on the e2e bench's own inputs (768 px crops of the packa
 - decode: `imageio.load` (header check + full decode, as the build does once per image);
 - fit_encode: `imageio.fit` to 512 px (resample + centre crop + JPEG q95 4:4:4), the old PIL-LANCZOS/INTER_AREA
   path beside it as `fit_encode_area` (what fit cost before INTER_LINEAR for scales >= 2/3);
-- phash: `x2i.curation.phash` on the fitted pixels (imagehash's recipe, bit for bit);
+- phash: `x2i.curation.phash` on the fitted pixels (imagehash's recipe with an area-averaged 32x32 grey image);
 - download: `Downloader.fetch_many` CPU (all threads) per URL from a loopback server in another process.
 The sum is the floor of x2i's per-URL CPU for this input; e2e_bench's CPU figure adds process start-up, Parquet,
 ids and meta, the rejects ledger and the post-build pass.
