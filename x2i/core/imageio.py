@@ -17,6 +17,11 @@ be fitted (`fit_side`) and is large enough (`_reduction_pays`) decodes straight 
 (libjpeg's scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the
 exact box (`_fit_reduced`): as close to LANCZOS as the full path, and 1.9-3.7x faster where it is used
 (bench/resize_bench.py).
+A plain YCbCr JPEG that `load` decodes in full for `fit` (`fit_side`) goes through simplejpeg (libjpeg-turbo, the library PIL uses, with
+the same IDCT and upsampling: the same pixels, tests/core/test_imageio_turbo.py) straight into a numpy array:
+1.1 ms an image less than PIL's decode plus the copy into numpy that OpenCV needs (bench/e2e_parts.py). Callers
+that crop or draw with PIL (`load` without fit_side) keep PIL's decode: an array turned into a PIL image costs
+the copy back (a subject-driven build was 0.04x slower).
 OpenCV is pinned to one thread: x2i parallelises by processes, and a thread pool would only oversubscribe the
 cores and make forked workers unsafe (x2i.engine.executor.start_method).
 """
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 cv2.setNumThreads(1)
@@ -50,37 +56,47 @@ class ImageError(ValueError):
 
 
 class EncodedImage:
-    """Encoded image bytes with their size; decodes to RGB on first use and keeps the result."""
+    """Encoded image bytes with their size; decodes to RGB on first use and keeps the result (as a PIL image or,
+    from the turbo decode and `encode` of an array, as an HxWx3 uint8 array: one copy of the pixels is held)."""
 
-    __slots__ = ("data", "width", "height", "format", "path", "_pil", "_reduced")
+    __slots__ = ("data", "width", "height", "format", "path", "_pil", "_array", "_reduced")
 
     def __init__(self, data: bytes, width: int, height: int, format: str, path: str | None = None,
-                 pil: Image.Image | None = None, reduced: Image.Image | None = None):
+                 pil: Image.Image | None = None, reduced: Image.Image | None = None, array: np.ndarray | None = None):
         self.data = data
         self.width = int(width)
         self.height = int(height)
         self.format = format
         self.path = path
         self._pil = pil
+        self._array = array
         self._reduced = reduced  # the pixels decoded at 1/2, 1/4 or 1/8 scale (`load(fit_side=...)`), if any
 
     def pil(self) -> Image.Image:
         """The RGB pixels at full size (decoded once)."""
         if self._pil is None:
-            self._pil = decode(self.data)
+            if self._array is not None:
+                self._pil, self._array = Image.fromarray(self._array), None
+            else:
+                self._pil = decode(self.data)
         return self._pil
+
+    def array(self) -> np.ndarray:
+        """The full-size pixels as a uint8 array (HxWx3 RGB, or HxW for a grey PNG condition): the held array,
+        else a copy of the PIL pixels (not kept)."""
+        return self._array if self._array is not None else np.asarray(self.pil())
 
     def pixels_for(self, width: int, height: int) -> Image.Image:
         """Pixels to resample down to width x height: the reduced decode when it is at least that big (no
         second decode), else the full-size pixels."""
         r = self._reduced
-        if self._pil is None and r is not None and r.width >= width and r.height >= height:
+        if self._pil is None and self._array is None and r is not None and r.width >= width and r.height >= height:
             return r
         return self.pil()
 
     def release(self) -> None:
         """Drop the decoded pixels (they are rebuilt from bytes if needed again)."""
-        self._pil = self._reduced = None
+        self._pil = self._array = self._reduced = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -90,30 +106,46 @@ class EncodedImage:
         return f"EncodedImage({self.format} {self.width}x{self.height}, {len(self.data)} bytes)"
 
 
-def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
-    """Open and fully decode (so damage is found now), with the header's size (`fit_side`, see `load`: a
-    reduced decode is smaller than that)."""
+def _header(data: bytes, max_pixels: int) -> Image.Image:
+    """Open (header only) with the size checks: nothing is decoded yet."""
     if not data:
         raise ImageError("image_empty", "zero-byte image")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError("image_unreadable", f"not an image file ({len(data)} bytes)") from None
+    except MemoryError:  # the machine, not the image
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage headers
+        raise ImageError("image_unreadable", f"cannot read image header: {exc}") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    return im
+
+
+def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
+          turbo: bool = False) -> tuple[Image.Image | np.ndarray, tuple[int, int]]:
+    """Open and fully decode (so damage is found now), with the header's size (`fit_side`, see `load`: a
+    reduced decode is smaller than that). `turbo`: a plain YCbCr JPEG decoded in full comes back as an array
+    (`_turbo_decode`)."""
     with warnings.catch_warnings():  # PIL warns on odd EXIF etc.; such images either decode or are rejected
         warnings.simplefilter("ignore")
-        try:
-            im = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ImageError("image_unreadable", f"not an image file ({len(data)} bytes)") from None
-        except MemoryError:  # the machine, not the image
-            raise
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage headers
-            raise ImageError("image_unreadable", f"cannot read image header: {exc}") from None
+        im = _header(data, max_pixels)
         w, h = im.size
-        if w < 1 or h < 1:
-            raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
-        if w * h > max_pixels:
-            raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-        if fit_side is not None and im.format == "JPEG" and im.mode == "RGB" and _orientation(im) == 1:
+        plain_jpeg = im.format == "JPEG" and im.mode == "RGB" and _orientation(im) == 1
+        reduce = False
+        if fit_side is not None and plain_jpeg:
             target = scaled_size(w, h, min(1.0, fit_side / max(w, h)))  # the size fit() resamples to
-            if _reduction_pays(w, h, *target):
+            reduce = _reduction_pays(w, h, *target)
+            if reduce:
                 im.draft(None, target)  # libjpeg decodes at the smallest 1/2^k scale still >= target
+        if turbo and plain_jpeg and not reduce:
+            pixels = _turbo_decode(data, w, h)
+            if pixels is not None:
+                return pixels, (w, h)
         try:
             im.load()
         except MemoryError:  # the machine, not the image
@@ -121,6 +153,20 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None) -> tuple[Im
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
             raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
     return im, (w, h)
+
+
+def _turbo_decode(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """A YCbCr JPEG's RGB pixels through simplejpeg, or None to let PIL decide. simplejpeg refuses whatever
+    libjpeg warns about (a missing end marker, stray bytes before a marker), some of which PIL accepts: those
+    go to PIL, so what is accepted and rejected is PIL's decision, as everywhere else."""
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace != "YCbCr" or (w, h) != (width, height):
+            return None
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
+    return pixels if pixels.shape == (height, width, 3) else None
 
 
 def _reduction_pays(width: int, height: int, target_w: int, target_h: int) -> bool:
@@ -177,8 +223,11 @@ def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIX
     """Validate and normalise an image file: original bytes kept when they already are plain RGB JPEG/PNG.
     `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG large
     enough for it to pay (`_reduction_pays`) is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
-    found here); `pil()` still gives full-size pixels, decoding again if asked."""
-    im, size = _open(data, max_pixels, fit_side)
+    found here); `pil()` still gives full-size pixels, decoding again if asked. A plain JPEG decoded in full for
+    fit_side is decoded by simplejpeg into an array (`_turbo_decode`), which `fit` resamples as is."""
+    im, size = _open(data, max_pixels, fit_side, turbo=fit_side is not None)
+    if isinstance(im, np.ndarray):  # a plain JPEG decoded in full by simplejpeg, passed through
+        return EncodedImage(data, *size, "JPEG", path, array=im)
     fmt = im.format or ""
     if im.size != size:  # decoded at a reduced scale: a plain RGB JPEG, passed through
         return EncodedImage(data, *size, fmt, path, reduced=im)
@@ -192,8 +241,13 @@ def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIX
     return encode(rgb, target, path=path)
 
 
-def encode(im: Image.Image, format: str = "JPEG", quality: int = 95, path: str | None = None) -> EncodedImage:
-    """Encode PIL pixels; JPEG for photos, PNG for masks/conditions that must stay exact."""
+def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95,
+           path: str | None = None) -> EncodedImage:
+    """Encode pixels (PIL, or an HxWx3 / HxW uint8 array, kept as the result's pixels); JPEG for photos, PNG for
+    masks/conditions that must stay exact."""
+    array = im if isinstance(im, np.ndarray) else None
+    if array is not None:
+        im = Image.fromarray(array)
     buf = io.BytesIO()
     if format == "JPEG":
         if im.mode not in ("RGB", "L"):
@@ -203,6 +257,8 @@ def encode(im: Image.Image, format: str = "JPEG", quality: int = 95, path: str |
         im.save(buf, "PNG", compress_level=1)
     else:
         raise ValueError(f"unsupported output format {format!r}")
+    if array is not None:
+        return EncodedImage(buf.getvalue(), im.width, im.height, format, path, array=array)
     return EncodedImage(buf.getvalue(), im.width, im.height, format, path, pil=im)
 
 
@@ -288,10 +344,15 @@ def fit_pil(im: Image.Image, max_side: int, multiple: int = 16,
     full = (x0, y0, x1, y1) == (0, 0, im.width, im.height)
     # Crop in PIL first: it copies only the region, where np.asarray would copy the whole image.
     pixels = np.asarray(im if full else im.crop((x0, y0, x1, y1)))
-    sw, sh = scaled_size(x1 - x0, y1 - y0, t.scale)
+    return Image.fromarray(_fit_array(pixels, t)), t
+
+
+def _fit_array(pixels: np.ndarray, t: FitTransform) -> np.ndarray:
+    """Resample a whole array to the scaled size of `t` and centre-crop it (a contiguous array)."""
+    h, w = pixels.shape[:2]
+    sw, sh = scaled_size(w, h, t.scale)
     scaled = resize_array(pixels, sw, sh)
-    out = scaled[t.crop_top:t.crop_top + t.height, t.crop_left:t.crop_left + t.width]
-    return Image.fromarray(np.ascontiguousarray(out)), t
+    return np.ascontiguousarray(scaled[t.crop_top:t.crop_top + t.height, t.crop_left:t.crop_left + t.width])
 
 
 def _fit_reduced(src: Image.Image, width: int, height: int, sw: int, sh: int, t: FitTransform) -> Image.Image:
@@ -304,11 +365,13 @@ def _fit_reduced(src: Image.Image, width: int, height: int, sw: int, sh: int, t:
     return scaled.crop((t.crop_left, t.crop_top, t.crop_left + t.width, t.crop_top + t.height))
 
 
-def fit_pixels(image: EncodedImage, max_side: int, multiple: int = 16) -> tuple[Image.Image, FitTransform]:
+def fit_pixels(image: EncodedImage, max_side: int, multiple: int = 16) -> tuple[Image.Image | np.ndarray, FitTransform]:
     """The size policy's pixels for an EncodedImage: from its reduced decode when it has one (`load`'s
-    fit_side), else from the full-size pixels (`fit_pil`)."""
+    fit_side), from its array when it holds one (an array comes back), else from the PIL pixels (`fit_pil`)."""
     t = fit_size(image.width, image.height, max_side, multiple)
     sw, sh = scaled_size(image.width, image.height, t.scale)
+    if image._array is not None and t.scale != 1.0:
+        return _fit_array(image._array, t), t
     src = image.pixels_for(sw, sh)
     if src.size == image.size:
         return fit_pil(src, max_side, multiple)
@@ -320,6 +383,6 @@ def fit(image: EncodedImage, max_side: int, multiple: int = 16, quality: int = 9
     t = fit_size(image.width, image.height, max_side, multiple)
     if t.identity and (t.width, t.height) == (image.width, image.height):
         return image, t
-    im, t = fit_pixels(image, max_side, multiple)
+    pixels, t = fit_pixels(image, max_side, multiple)
     fmt = "PNG" if image.format == "PNG" else "JPEG"
-    return encode(im, fmt, quality=quality, path=image.path), t
+    return encode(pixels, fmt, quality=quality, path=image.path), t

@@ -74,6 +74,15 @@ def start_method() -> str:
     return "spawn"
 
 
+def _import_before_fork() -> None:
+    """pyarrow imports pandas, when installed, on its first conversion of Python values (0.17 s): every worker
+    would do so at its first shard, and the driver again in the post-build passes. Done once here, before the
+    fork, the workers inherit it (a 2,000-URL download build with 2 workers: bench/e2e_bench.py)."""
+    import pyarrow as pa
+
+    pa.array([0])
+
+
 class LocalExecutor(Executor):
     """workers == 1: in this process, in order. workers > 1: a process pool on this machine (`start_method`)."""
 
@@ -93,7 +102,10 @@ class LocalExecutor(Executor):
                     continue
                 yield job, result, None
             return
-        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(start_method()),
+        method = start_method()
+        if method == "fork":
+            _import_before_fork()
+        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
                                     initializer=_worker_init, initargs=(os.getpid(), self.guard)) as pool:
             futures = {pool.submit(fn, job): job for job in jobs}
             try:

@@ -1,0 +1,121 @@
+"""`load(fit_side=...)` decodes plain YCbCr JPEGs with simplejpeg: the same pixels as PIL, the same accept/reject
+decisions (PIL decides whatever simplejpeg refuses), and fitted outputs byte for byte those of the PIL path."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from x2i.core import imageio
+from x2i.core.imageio import EncodedImage, ImageError, fit, load
+
+
+def photos() -> list[Image.Image]:
+    import matplotlib.cbook as cbook
+    from skimage import data
+
+    out = [Image.fromarray(getattr(data, n)()) for n in ("astronaut", "coffee", "chelsea", "rocket")]
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        out.append(Image.open(io.BytesIO(f.read())).convert("RGB"))
+    return out
+
+
+def jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def pil_pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+FULL = 4096  # a fit side no photo here reaches: decoded in full, never reduced
+SAVES = ({"quality": 90}, {"quality": 95, "subsampling": 0}, {"quality": 80, "subsampling": 1},
+         {"quality": 85, "progressive": True}, {"quality": 60, "optimize": True})
+
+
+@pytest.mark.parametrize("kw", SAVES, ids=lambda kw: "-".join(f"{k}{v}" for k, v in kw.items()))
+def test_turbo_decode_gives_pils_pixels(kw):
+    for im in photos():
+        data = jpeg(im, **kw)
+        image = load(data, fit_side=FULL)
+        assert image._array is not None and image._pil is None  # decoded by simplejpeg
+        assert image.size == im.size and image.data is data
+        assert np.array_equal(image.array(), pil_pixels(data))
+
+
+def test_fitted_output_is_byte_identical_to_the_pil_path():
+    for im in photos():
+        data = jpeg(im, quality=90)
+        turbo = load(data, fit_side=FULL)
+        via_pil = EncodedImage(data, *im.size, "JPEG", pil=Image.open(io.BytesIO(data)).convert("RGB"))
+        for side in (512, 256, 100):
+            a, ta = fit(turbo, side, 16, 95)
+            b, tb = fit(via_pil, side, 16, 95)
+            assert ta == tb and a.data == b.data, side
+            assert np.array_equal(a.array(), np.asarray(b.pil()))
+
+
+def test_what_simplejpeg_refuses_pil_decides():
+    import simplejpeg
+
+    im = photos()[0]
+    data = jpeg(im, quality=90)
+    damaged = bytearray(data)
+    for i in np.random.default_rng(0).integers(1000, len(data) - 2, 20):
+        damaged[i] ^= 0x55  # libjpeg warns (corrupt data), simplejpeg refuses, PIL decodes it anyway
+    damaged = bytes(damaged)
+    with pytest.raises(ValueError):
+        simplejpeg.decode_jpeg(damaged)
+    image = load(damaged, fit_side=FULL)
+    assert image._array is None and image._pil is not None
+    assert np.array_equal(np.asarray(image.pil()), pil_pixels(damaged))
+    for broken in (data[: len(data) // 2], data[:-10]):  # truncated: both refuse
+        with pytest.raises(ImageError) as e:
+            load(broken, fit_side=FULL)
+        assert e.value.reason == "image_corrupt"
+
+
+def test_other_jpegs_and_formats_keep_the_pil_path():
+    im = photos()[1]
+    grey, cmyk = jpeg(im.convert("L")), jpeg(im.convert("CMYK"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    rotated = jpeg(im, exif=exif.tobytes())
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    for data in (grey, cmyk, rotated, buf.getvalue()):
+        image = load(data, fit_side=FULL)
+        assert image._array is None
+        assert image.array().shape[2] == 3
+    assert load(rotated, fit_side=FULL).size == (im.height, im.width)
+
+
+def test_pixels_held_once_and_released():
+    data = jpeg(photos()[2], quality=90)
+    image = load(data, fit_side=FULL)
+    pixels = image.array()
+    pil = image.pil()  # an array-held image becomes a PIL-held one (one copy of the pixels)
+    assert image._array is None and np.array_equal(np.asarray(pil), pixels)
+    image.release()
+    assert image._pil is None and image._array is None
+    assert np.array_equal(np.asarray(image.pil()), pixels)  # decoded again from the bytes
+
+
+def test_without_fit_side_pil_decodes():
+    """Builders that crop and draw with PIL get PIL's pixels (an array would be copied back)."""
+    image = load(jpeg(photos()[0], quality=90))
+    assert image._array is None and image._pil is not None
+
+
+def test_a_reduced_decode_still_goes_through_pil(monkeypatch):
+    big = photos()[0].resize((2048, 2048))
+    data = jpeg(big, quality=90)
+    calls = []
+    real = imageio._turbo_decode
+    monkeypatch.setattr(imageio, "_turbo_decode", lambda *a: calls.append(a) or real(*a))
+    image = load(data, fit_side=256)
+    assert image._reduced is not None and image._array is None and calls == []
