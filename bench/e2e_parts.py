@@ -3,13 +3,17 @@ timed alone, per image, on the e2e bench's own inputs (768 px crops of the packa
 
     python bench/e2e_parts.py [--images 300] [--json FILE]
 
-- decode: `imageio.load` (header check + full decode, as the build does once per image);
-- fit_encode: `imageio.fit` to 512 px (resample + centre crop + JPEG q95 4:4:4), the old PIL-LANCZOS/INTER_AREA
-  path beside it as `fit_encode_area` (what fit cost before INTER_LINEAR for scales >= 2/3);
-- phash: `x2i.curation.phash` on the fitted pixels (imagehash's recipe with an area-averaged 32x32 grey image);
+- decode: `imageio.load(fit_side=512)` (header check + full decode into a numpy array with simplejpeg), beside
+  `decode_pil` (the same through PIL, then the copy into numpy OpenCV needs: the path before simplejpeg);
+- fit_encode: `imageio.fit` of that array to 512 px (resample + centre crop + JPEG q95 4:4:4 with OpenCV), beside
+  `fit_encode_pil` (from a PIL image: the copy into numpy and back, PIL's encoder) and `fit_encode_area` (INTER_AREA,
+  what fit used before INTER_LINEAR for scales >= 2/3);
+- phash: `x2i.curation.phash` on the fitted array (area-averaged 32x32 grey), beside `phash_lanczos` (imagehash's
+  PIL LANCZOS reduction of the fitted PIL image, what x2i used before);
 - download: `Downloader.fetch_many` CPU (all threads) per URL from a loopback server in another process.
-The sum is the floor of x2i's per-URL CPU for this input; e2e_bench's CPU figure adds process start-up, Parquet,
-ids and meta, the rejects ledger and the post-build pass.
+Each stage starts from fresh objects (no pixels cached between stages). The sum is the floor of x2i's per-URL
+CPU for this input; e2e_bench's CPU figure adds process start-up, Parquet, ids and meta, the rejects ledger and
+the post-build pass.
 """
 from __future__ import annotations
 
@@ -44,6 +48,13 @@ def fit_area(image, max_side: int = 512):
     return encode(Image.fromarray(np.ascontiguousarray(out)), "JPEG", 95)
 
 
+def phash_lanczos(image: Image.Image) -> str:
+    """imagehash's reduction (grey, PIL LANCZOS to 32x32) with x2i's DCT and bits: the pHash before this change."""
+    from x2i.curation.phash import phash
+
+    return phash(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS))
+
+
 def download_ms(bodies: list[bytes]) -> float:
     from x2i.download.fetch import DownloadConfig, Downloader
 
@@ -71,13 +82,17 @@ def main() -> None:
 
     bodies = images(a.images)
     res = {"images": a.images, "download": download_ms(bodies)}
-    loaded = [imageio.load(b) for b in bodies]
-    res["decode"] = per_image_ms(lambda b: imageio.load(b).pil(), bodies)
-    res["fit_encode"] = per_image_ms(lambda im: imageio.fit(im, 512, 16, 95), loaded)
-    res["fit_encode_area"] = per_image_ms(fit_area, loaded)
-    fitted = [imageio.fit(im, 512, 16, 95)[0] for im in loaded]
-    res["phash"] = per_image_ms(lambda im: phash(im.pil()), fitted)
+    res["decode"] = per_image_ms(lambda b: imageio.load(b, fit_side=512).array(), bodies)
+    res["decode_pil"] = per_image_ms(lambda b: np.asarray(imageio.load(b).pil()), bodies)
+    res["fit_encode"] = per_image_ms(lambda b: imageio.fit(b, 512, 16, 95),
+                                     [imageio.load(b, fit_side=512) for b in bodies])
+    res["fit_encode_pil"] = per_image_ms(lambda b: imageio.fit(b, 512, 16, 95), [imageio.load(b) for b in bodies])
+    res["fit_encode_area"] = per_image_ms(fit_area, [imageio.load(b) for b in bodies])
+    fitted = [imageio.fit(imageio.load(b, fit_side=512), 512, 16, 95)[0] for b in bodies]
+    res["phash"] = per_image_ms(lambda im: phash(im.array()), fitted)
+    res["phash_lanczos"] = per_image_ms(phash_lanczos, [im.pil() for im in fitted])
     res["sum_ms"] = round(sum(res[k] for k in ("download", "decode", "fit_encode", "phash")), 3)
+    res["sum_before_ms"] = round(sum(res[k] for k in ("download", "decode_pil", "fit_encode_pil", "phash_lanczos")), 3)
     report(res, a.json)
 
 

@@ -59,6 +59,22 @@ def test_fitted_output_is_byte_identical_to_the_pil_path():
             assert np.array_equal(a.array(), np.asarray(b.pil()))
 
 
+@pytest.mark.parametrize("quality", (95, 90, 85, 60))
+def test_an_array_encodes_to_the_bytes_pil_writes(quality):
+    """`encode` of an array (OpenCV, no copy into PIL) writes exactly what `encode` of the same PIL image does:
+    RGB (OpenCV) and grey (PIL), odd sizes, both chroma subsamplings the quality picks."""
+    rng = np.random.default_rng(quality)
+    arrays = [np.asarray(im) for im in photos()]
+    arrays += [np.ascontiguousarray(a[:97, :131]) for a in arrays[:2]]  # odd sizes, partial MCUs
+    arrays += [rng.integers(0, 256, (33, 17, 3), dtype=np.uint8), np.asarray(photos()[1].convert("L"))]
+    for a in arrays:
+        from_array = imageio.encode(a, "JPEG", quality)
+        from_pil = imageio.encode(Image.fromarray(a), "JPEG", quality)
+        assert from_array.data == from_pil.data, (a.shape, quality)
+        assert from_array.size == from_pil.size == (a.shape[1], a.shape[0])
+        assert from_array.array() is a
+
+
 def test_what_simplejpeg_refuses_pil_decides():
     import simplejpeg
 

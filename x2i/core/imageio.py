@@ -17,11 +17,11 @@ be fitted (`fit_side`) and is large enough (`_reduction_pays`) decodes straight 
 (libjpeg's scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the
 exact box (`_fit_reduced`): as close to LANCZOS as the full path, and 1.9-3.7x faster where it is used
 (bench/resize_bench.py).
-A plain YCbCr JPEG that `load` decodes in full for `fit` (`fit_side`) goes through simplejpeg (libjpeg-turbo, the library PIL uses, with
-the same IDCT and upsampling: the same pixels, tests/core/test_imageio_turbo.py) straight into a numpy array:
-1.1 ms an image less than PIL's decode plus the copy into numpy that OpenCV needs (bench/e2e_parts.py). Callers
-that crop or draw with PIL (`load` without fit_side) keep PIL's decode: an array turned into a PIL image costs
-the copy back (a subject-driven build was 0.04x slower).
+A plain YCbCr JPEG that `load` decodes in full for `fit` (`fit_side`) goes through simplejpeg (libjpeg-turbo, as
+PIL, with the same IDCT and upsampling: the same pixels, tests/core/test_imageio_turbo.py) straight into a numpy
+array, which `fit` resamples and `encode` writes with OpenCV (the bytes PIL writes), with no PIL image in between:
+a PIL image made from an array, or an array from a PIL image, is a full copy (bench/e2e_parts.py has the figures).
+Callers that crop or draw with PIL (`load` without fit_side) keep PIL's decode, for the same reason.
 OpenCV is pinned to one thread: x2i parallelises by processes, and a thread pool would only oversubscribe the
 cores and make forked workers unsafe (x2i.engine.executor.start_method).
 """
@@ -246,6 +246,9 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
     """Encode pixels (PIL, or an HxWx3 / HxW uint8 array, kept as the result's pixels); JPEG for photos, PNG for
     masks/conditions that must stay exact."""
     array = im if isinstance(im, np.ndarray) else None
+    if array is not None and format == "JPEG" and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+        h, w = array.shape[:2]
+        return EncodedImage(_jpeg_from_array(array, quality), w, h, "JPEG", path, array=array)
     if array is not None:
         im = Image.fromarray(array)
     buf = io.BytesIO()
@@ -260,6 +263,18 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
     if array is not None:
         return EncodedImage(buf.getvalue(), im.width, im.height, format, path, array=array)
     return EncodedImage(buf.getvalue(), im.width, im.height, format, path, pil=im)
+
+
+def _jpeg_from_array(pixels: np.ndarray, quality: int) -> bytes:
+    """What `encode` writes for these RGB pixels through PIL, byte for byte (both are libjpeg-turbo with its
+    defaults and one JFIF header; tests/core/test_imageio_turbo.py), without copying the array into a PIL image
+    first (0.2 ms of a 512 px image)."""
+    sampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {pixels.shape} array as JPEG")
+    return data.tobytes()
 
 
 @dataclass(frozen=True)
