@@ -24,6 +24,7 @@ results in input order (deterministic builds) with at most `concurrency * max_by
 """
 from __future__ import annotations
 
+import functools
 import http.client
 import io
 import ipaddress
@@ -99,6 +100,12 @@ def image_kind(data: bytes) -> str | None:
     return next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
 
 
+@functools.lru_cache(maxsize=64)
+def _networks(allow_networks: tuple[str, ...]) -> tuple:
+    """The allowed networks parsed once, not once per request."""
+    return tuple(ipaddress.ip_network(net, strict=False) for net in allow_networks)
+
+
 def address_allowed(ip: str, allow_networks: tuple[str, ...] = ()) -> bool:
     """Public unicast addresses only, plus addresses inside an explicitly allowed network."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -106,7 +113,7 @@ def address_allowed(ip: str, allow_networks: tuple[str, ...] = ()) -> bool:
         addr = addr.ipv4_mapped
     if addr.is_multicast or addr.is_unspecified:
         return False
-    if any(addr in ipaddress.ip_network(net, strict=False) for net in allow_networks):
+    if any(addr in net for net in _networks(tuple(allow_networks))):
         return True
     return addr.is_global and not (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved)
 
@@ -167,7 +174,14 @@ class _DeadlineSocket(io.RawIOBase):
 
 
 def _resolve_within(host: str, port: int, deadline: float) -> list:
-    """getaddrinfo has no timeout: run it aside and stop waiting at the deadline (the lookup thread ends itself)."""
+    """getaddrinfo has no timeout: run it aside and stop waiting at the deadline (the lookup thread ends itself).
+    An address literal needs no lookup (AI_NUMERICHOST never asks a resolver): no thread for it."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # a name (or a legacy numeric form such as 0x7f000001): look it up aside
+        pass
+    else:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
     box: list = []
 
     def lookup() -> None:
