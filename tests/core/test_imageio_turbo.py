@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from x2i.core import imageio
+from x2i.core import imageio, jpeg_turbo
 from x2i.core.imageio import EncodedImage, ImageError, fit, load
 
 
@@ -131,7 +131,7 @@ def test_a_reduced_decode_still_goes_through_pil(monkeypatch):
     big = photos()[0].resize((2048, 2048))
     data = jpeg(big, quality=90)
     calls = []
-    real = imageio._turbo_decode
-    monkeypatch.setattr(imageio, "_turbo_decode", lambda *a: calls.append(a) or real(*a))
+    real = jpeg_turbo.decode_array
+    monkeypatch.setattr(jpeg_turbo, "decode_array", lambda *a: calls.append(a) or real(*a))
     image = load(data, fit_side=256)
     assert image._reduced is not None and image._array is None and calls == []

@@ -66,3 +66,47 @@ def test_abort_leaves_nothing_visible(tmp_path, make_sample):
         w.write(make_sample(seed=k))
     w.abort()
     assert shard_files(tmp_path) == [] and not list(tmp_path.rglob("*.parquet"))
+
+
+def _image_columns_compression(path) -> set[str]:
+    group = pq.ParquetFile(path).metadata.row_group(0)
+    return {group.column(i).compression for i in range(group.num_columns)
+            if group.column(i).path_in_schema.endswith(".bytes")}
+
+
+def test_image_bytes_compressed_only_when_zstd_pays(tmp_path):
+    """Photos' JPEG bytes stay uncompressed in the shard (zstd gains nothing on them and costs at every write and
+    read); flat synthetic images keep zstd; a post-build rewrite keeps the shard's choice; both read back."""
+    import io
+
+    import numpy as np
+
+    from x2i.core.imageio import load
+    from x2i.core.sample import Sample
+    from x2i.engine.shards import rewrite_shard
+
+    def jpeg_of(im: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=95)
+        return buf.getvalue()
+
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(skimage.data.astronaut())  # 512 px: JPEG tables are ~1% of a crop's bytes
+    photos = [photo.crop((x, y, x + 384, y + 384)) for x, y in rng.integers(0, 128, (12, 2))]
+    flats = [Image.new("RGB", (128, 128), tuple(int(v) for v in rng.integers(0, 256, 3))) for _ in range(12)]
+    for name, images, expected in (("photos", photos, {"UNCOMPRESSED"}), ("flat", flats, {"ZSTD"})):
+        out = tmp_path / name
+        w = PartitionWriter(out, 0)
+        samples = [Sample("text_to_image", f"image {k}", load(jpeg_of(im)), [], "test", f"k{k}", {}).with_id()
+                   for k, im in enumerate(images)]
+        for s in samples:
+            w.write(s)
+        (info,) = w.commit()
+        path = out / info.path
+        assert _image_columns_compression(path) == expected, name
+        assert rewrite_shard(path, {samples[0].id}) == len(samples) - 1
+        assert _image_columns_compression(path) == expected, name
+        rows = list(iter_rows(path))
+        assert [r["output_image"]["bytes"] for r in rows] == [s.output_image.data for s in samples[1:]]

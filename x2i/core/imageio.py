@@ -17,11 +17,8 @@ be fitted (`fit_side`) and is large enough (`_reduction_pays`) decodes straight 
 (libjpeg's scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the
 exact box (`_fit_reduced`): as close to LANCZOS as the full path, and 1.9-3.7x faster where it is used
 (bench/resize_bench.py).
-A plain YCbCr JPEG that `load` decodes in full for `fit` (`fit_side`) goes through simplejpeg (libjpeg-turbo, as
-PIL, with the same IDCT and upsampling: the same pixels, tests/core/test_imageio_turbo.py) straight into a numpy
-array, which `fit` resamples and `encode` writes with OpenCV (the bytes PIL writes), with no PIL image in between:
-a PIL image made from an array, or an array from a PIL image, is a full copy (bench/e2e_parts.py has the figures).
-Callers that crop or draw with PIL (`load` without fit_side) keep PIL's decode, for the same reason.
+A plain JPEG that `load` decodes in full for `fit` (`fit_side`) becomes a numpy array that `fit` resamples and
+`encode` writes, with no PIL image in between (x2i.core.jpeg_turbo: the same pixels and bytes as PIL's).
 OpenCV is pinned to one thread: x2i parallelises by processes, and a thread pool would only oversubscribe the
 cores and make forked workers unsafe (x2i.engine.executor.start_method).
 """
@@ -33,8 +30,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from x2i.core import jpeg_turbo
 
 cv2.setNumThreads(1)
 
@@ -129,8 +127,8 @@ def _header(data: bytes, max_pixels: int) -> Image.Image:
 def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
           turbo: bool = False) -> tuple[Image.Image | np.ndarray, tuple[int, int]]:
     """Open and fully decode (so damage is found now), with the header's size (`fit_side`, see `load`: a
-    reduced decode is smaller than that). `turbo`: a plain YCbCr JPEG decoded in full comes back as an array
-    (`_turbo_decode`)."""
+    reduced decode is smaller than that). `turbo`: a plain JPEG decoded in full comes back as an array
+    (x2i.core.jpeg_turbo.decode_array)."""
     with warnings.catch_warnings():  # PIL warns on odd EXIF etc.; such images either decode or are rejected
         warnings.simplefilter("ignore")
         im = _header(data, max_pixels)
@@ -143,7 +141,7 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
             if reduce:
                 im.draft(None, target)  # libjpeg decodes at the smallest 1/2^k scale still >= target
         if turbo and plain_jpeg and not reduce:
-            pixels = _turbo_decode(data, w, h)
+            pixels = jpeg_turbo.decode_array(data, w, h)
             if pixels is not None:
                 return pixels, (w, h)
         try:
@@ -153,20 +151,6 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
             raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
     return im, (w, h)
-
-
-def _turbo_decode(data: bytes, width: int, height: int) -> np.ndarray | None:
-    """A YCbCr JPEG's RGB pixels through simplejpeg, or None to let PIL decide. simplejpeg refuses whatever
-    libjpeg warns about (a missing end marker, stray bytes before a marker), some of which PIL accepts: those
-    go to PIL, so what is accepted and rejected is PIL's decision, as everywhere else."""
-    try:
-        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colorspace != "YCbCr" or (w, h) != (width, height):
-            return None
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
-    except ValueError:
-        return None
-    return pixels if pixels.shape == (height, width, 3) else None
 
 
 def _reduction_pays(width: int, height: int, target_w: int, target_h: int) -> bool:
@@ -224,7 +208,7 @@ def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIX
     `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG large
     enough for it to pay (`_reduction_pays`) is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
     found here); `pil()` still gives full-size pixels, decoding again if asked. A plain JPEG decoded in full for
-    fit_side is decoded by simplejpeg into an array (`_turbo_decode`), which `fit` resamples as is."""
+    fit_side is decoded by simplejpeg into an array (x2i.core.jpeg_turbo), which `fit` resamples as is."""
     im, size = _open(data, max_pixels, fit_side, turbo=fit_side is not None)
     if isinstance(im, np.ndarray):  # a plain JPEG decoded in full by simplejpeg, passed through
         return EncodedImage(data, *size, "JPEG", path, array=im)
@@ -248,7 +232,7 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
     array = im if isinstance(im, np.ndarray) else None
     if array is not None and format == "JPEG" and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
         h, w = array.shape[:2]
-        return EncodedImage(_jpeg_from_array(array, quality), w, h, "JPEG", path, array=array)
+        return EncodedImage(jpeg_turbo.encode_array(array, quality), w, h, "JPEG", path, array=array)
     if array is not None:
         im = Image.fromarray(array)
     buf = io.BytesIO()
@@ -263,18 +247,6 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
     if array is not None:
         return EncodedImage(buf.getvalue(), im.width, im.height, format, path, array=array)
     return EncodedImage(buf.getvalue(), im.width, im.height, format, path, pil=im)
-
-
-def _jpeg_from_array(pixels: np.ndarray, quality: int) -> bytes:
-    """What `encode` writes for these RGB pixels through PIL, byte for byte (both are libjpeg-turbo with its
-    defaults and one JFIF header; tests/core/test_imageio_turbo.py), without copying the array into a PIL image
-    first (0.2 ms of a 512 px image)."""
-    sampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a {pixels.shape} array as JPEG")
-    return data.tobytes()
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from x2i.core.storage import Storage, StorageError, storage_errors  # noqa: F401
 from x2i.core.sample import Reject, Sample
 from x2i.core.schema import SCHEMA, rows_to_table, sample_to_row
 # Readers (and the split folders) live in shard_reading; re-exported here, where most callers look for them.
+from x2i.engine.shard_format import images_compress, images_compressed, open_shard_writer  # noqa: F401
 from x2i.engine.shard_reading import SPLIT_ROOTS, TMP_PREFIX, iter_rows, iter_samples, shard_files  # noqa: F401
-
 
 
 def temp_path(path: Path) -> Path:
@@ -101,12 +101,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def open_shard_writer(where: Any) -> pq.ParquetWriter:
-    """A Parquet writer with the shard settings (one place, so rewritten shards match freshly written ones)."""
-    return pq.ParquetWriter(where, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
-                            write_statistics=["id", "task", "width", "height"])
-
-
 class HashingSink:
     """A file being written that hashes its bytes on the way out: the shard's sha256 without reading it back."""
 
@@ -160,7 +154,7 @@ def rewrite_shard(path: Path, drop_ids: set[str]) -> int:
                 table = pf.read_row_group(i).replace_schema_metadata(SCHEMA.metadata)
                 table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=drop)))
                 if table.num_rows:
-                    writer = writer or open_shard_writer(tmp)
+                    writer = writer or open_shard_writer(tmp, images_compressed(pf))
                     writer.write_table(table, row_group_size=table.num_rows)
                     kept += table.num_rows
             if writer is not None:
@@ -217,7 +211,7 @@ class _TaskShards:
         self.done: list[tuple[Any, Any, int, int, str]] = []  # (tmp, final, rows, bytes, sha256)
         self.index = 0
 
-    def _open(self) -> None:
+    def _open(self, compress_images: bool) -> None:
         if self.store is not None:
             # No rename on an object store: the final name, written once; the completion record commits it.
             final = shard_name(self.task, self.partition, self.index, self.root)
@@ -230,7 +224,7 @@ class _TaskShards:
             self.current = (temp_path(final), final)  # before opening: abort() removes it whatever fails next
             final.parent.mkdir(parents=True, exist_ok=True)
             self.sink = HashingSink(self.current[0])
-        self.writer = open_shard_writer(pa.PythonFile(self.sink, mode="w"))
+        self.writer = open_shard_writer(pa.PythonFile(self.sink, mode="w"), compress_images)
         self.rows = 0
         self.index += 1
 
@@ -246,7 +240,7 @@ class _TaskShards:
         if not self.buffer:
             return
         if self.writer is None:
-            self._open()
+            self._open(images_compress(self.buffer))
         self.writer.write_table(rows_to_table(self.buffer), row_group_size=len(self.buffer))
         self.rows += len(self.buffer)
         self.buffer, self.buffer_bytes = [], 0

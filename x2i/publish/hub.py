@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from x2i.core.errors import X2IError
 from x2i.core.schema import SCHEMA
 from x2i.engine.manifest import Manifest
+from x2i.engine.shard_format import images_compressed, open_shard_writer
 from x2i.engine.shards import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir, shard_files
 
 STAGE_RECORD = ".x2i-stage.json"
@@ -188,8 +189,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _merge(sources: list[Path], dst: Path, rows_per_group: int) -> None:
     """Concatenate shards into one file, a row group at a time; output row groups hold <= rows_per_group rows."""
     tmp = dst.with_name(TMP_PREFIX + dst.name)
-    writer = pq.ParquetWriter(tmp, SCHEMA, compression="zstd", use_dictionary=["task", "source"],
-                              write_statistics=["id", "task", "width", "height"])
+    writer = open_shard_writer(tmp, all(images_compressed(pq.ParquetFile(src)) for src in sources))
     pending: list[pa.Table] = []
 
     def flush(final: bool) -> None:

@@ -1,0 +1,41 @@
+"""libjpeg-turbo straight to and from numpy, for the download path (x2i.core.imageio `load(fit_side=...)`, `fit`,
+`encode` of an array): the pixels PIL decodes and the bytes PIL writes, without a PIL image in between.
+
+A PIL image made from an array, or an array from a PIL image, is a full copy of the pixels: decoding with PIL and
+handing the pixels to OpenCV, then back to PIL to encode, cost 0.4 ms of a 768 -> 512 px fit that does ~2 ms of
+real work (`python bench/e2e_parts.py`: decode 1.21 -> 0.99 ms, fit + encode 1.23 -> 1.03 ms an image).
+- decode: simplejpeg, libjpeg-turbo with the IDCT and chroma upsampling PIL uses, so the same pixels
+  (tests/core/test_imageio_turbo.py checks them on baseline, progressive, 4:4:4, 4:2:2 and 4:2:0 files). simplejpeg
+  refuses whatever libjpeg warns about (a missing end marker, stray bytes before a marker), some of which PIL
+  accepts: those return None and PIL decides, so what is accepted and rejected stays PIL's decision.
+- encode: OpenCV's JPEG writer (libjpeg-turbo's defaults and one JFIF header, as PIL's), given the chroma
+  subsampling `encode` picks: PIL's bytes exactly, for RGB (a grey image's header differs, so grey stays with PIL).
+  simplejpeg's encoder was not used: it writes with the fast integer DCT whatever it is asked (0.5 dB lower).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import simplejpeg
+
+
+def decode_array(data: bytes, width: int, height: int) -> np.ndarray | None:
+    """A YCbCr JPEG's RGB pixels (height x width x 3), or None to let PIL decide."""
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace != "YCbCr" or (w, h) != (width, height):
+            return None
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except ValueError:
+        return None
+    return pixels if pixels.shape == (height, width, 3) else None
+
+
+def encode_array(pixels: np.ndarray, quality: int) -> bytes:
+    """JPEG bytes of an RGB uint8 array: 4:4:4 from quality 90 up, else 4:2:0 (x2i.core.imageio.encode)."""
+    sampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
+                            [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {pixels.shape} array as JPEG")
+    return data.tobytes()
