@@ -22,6 +22,9 @@ class Builder:
     name = ""
     source_formats: tuple[str, ...] = ()
     Params: type = object
+    # How the builder uses source images (x2i.sources.Source.pixels): "array" only when it crops, resamples and
+    # encodes them through x2i.core.imageio's array functions and never asks for `pil()` (a copy).
+    pixels = "pil"
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from x2i.core.errors import X2IError
-from x2i.core.imageio import FitTransform, encode, fit, fit_pil
+from x2i.core.imageio import FitTransform, encode, fit, fit_pil, fit_region
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
 from x2i.builders import Builder
@@ -186,7 +186,7 @@ class SubjectDrivenStep(MapStep):
                 min(width, int(round(x1 + mx))), min(height, int(round(y1 + my)))]
         if self.p.subject_input == "mask" or self.p.augment:
             return self._subject(image.pil(), ent, crop, margin, (x0, y0, x1, y1))
-        pixels, _ = fit_pil(image.pil(), self.max_input_side, self.multiple, region=tuple(crop))
+        pixels, _ = fit_region(image, self.max_input_side, self.multiple, tuple(crop))
         fitted = encode(pixels, "JPEG", self.quality)
         return fitted, {"crop_px": crop, "margin": margin, "input_size": [fitted.width, fitted.height]}
 
@@ -324,6 +324,11 @@ class SubjectDrivenBuilder(Builder):
         if p.subject_input == "mask":
             self.masker, self._notes = make_masker(p.masker, p.masker_options, p.device, p.masker_weights,
                                                    p.skip_missing)
+
+    @property
+    def pixels(self) -> str:
+        """Crops are cut, fitted and encoded as arrays; masks and augmentation draw on PIL images."""
+        return "array" if self.params.subject_input == "crop" and not self.params.augment else "pil"
 
     def steps(self) -> list[Step]:
         o = self.recipe.output

@@ -135,3 +135,42 @@ def test_a_reduced_decode_still_goes_through_pil(monkeypatch):
     monkeypatch.setattr(jpeg_turbo, "decode_array", lambda *a: calls.append(a) or real(*a))
     image = load(data, fit_side=256)
     assert image._reduced is not None and image._array is None and calls == []
+
+
+def outcome(data: bytes, **kw):
+    """What `load` makes of the bytes: ("ok", size, pixels) or ("reject", reason)."""
+    try:
+        image = load(data, **kw)
+    except ImageError as e:
+        return "reject", e.reason
+    return "ok", image.size, image.array().tobytes()
+
+
+def test_hostile_bytes_get_the_same_verdict_and_pixels_on_both_paths():
+    """Truncations at every header and scan offset, flipped bytes, a broken segment length, an EXIF block, junk
+    after the end, a decompression bomb header: the array path (no PIL header, simplejpeg decode) accepts, rejects
+    (with the same reason) and decodes exactly as the PIL path."""
+    im = photos()[3].resize((96, 64))
+    good = jpeg(im, quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    variants = [good, jpeg(im, quality=90, exif=exif.tobytes()), good + b"junk" * 10, good[:2] + good[2:]]
+    variants += [good[:n] for n in range(0, len(good), max(1, len(good) // 60))]
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        bad = bytearray(good)
+        for i in rng.integers(2, len(good), int(rng.integers(1, 4))):
+            bad[i] = int(rng.integers(0, 256))
+        variants.append(bytes(bad))
+    sof = good.index(b"\xff\xc0")
+    bomb = bytearray(good)
+    bomb[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2  # 60000 x 60000 in the frame header
+    broken_length = bytearray(good)
+    broken_length[4:6] = b"\x00\x01"  # the APP0 segment claims a length below its own two bytes
+    variants += [bytes(bomb), bytes(broken_length)]
+    verdicts = set()
+    for data in variants:
+        expected = outcome(data)
+        assert outcome(data, as_array=True) == expected, len(data)
+        verdicts.add(expected[0] if expected[0] == "ok" else expected[1])
+    assert {"ok", "image_corrupt", "image_too_large"} <= verdicts, verdicts

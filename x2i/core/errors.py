@@ -8,6 +8,14 @@
 """
 from __future__ import annotations
 
+class ImageError(ValueError):
+    """An image that cannot be used (data: a reject); `reason` is a short, countable label, `str(e)` the detail."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
 class X2IError(Exception):
     """A problem with the user's input or environment (files, recipes, arguments, installs), not a bad row."""
 

@@ -17,8 +17,9 @@ be fitted (`fit_side`) and is large enough (`_reduction_pays`) decodes straight 
 (libjpeg's scaled inverse DCT, still reading every block) and is resampled from there with PIL's LANCZOS over the
 exact box (`_fit_reduced`): as close to LANCZOS as the full path, and 1.9-3.7x faster where it is used
 (bench/resize_bench.py).
-A plain JPEG that `load` decodes in full for `fit` (`fit_side`) becomes a numpy array that `fit` resamples and
-`encode` writes, with no PIL image in between (x2i.core.jpeg_turbo: the same pixels and bytes as PIL's).
+A plain JPEG that `load` decodes in full for `fit` (`fit_side`, or `as_array` for a builder that crops arrays)
+becomes a numpy array that `fit` / `fit_region` resample and `encode` writes, with no PIL image in between
+(x2i.core.jpeg_turbo: the same pixels and bytes as PIL's).
 OpenCV is pinned to one thread: x2i parallelises by processes, and a thread pool would only oversubscribe the
 cores and make forked workers unsafe (x2i.engine.executor.start_method).
 """
@@ -26,13 +27,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from x2i.core import jpeg_turbo
+from x2i.core.errors import ImageError  # noqa: F401 - where callers import it from
+# The size policy's numbers live in x2i.core.sizing; imported here too, where callers have always found them.
+from x2i.core.sizing import FitTransform, fit_size, scaled_size, source_box  # noqa: F401
 
 cv2.setNumThreads(1)
 
@@ -43,14 +46,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _PASSTHROUGH_FORMATS = {"JPEG", "PNG"}
 _ARRAY_MODES = {"RGB", "RGBA", "L"}  # 8-bit modes whose numpy array OpenCV resamples and PIL rebuilds as is
-
-
-class ImageError(ValueError):
-    """An image that cannot be used; `reason` is a short, countable label, `str(e)` the detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
 
 
 class EncodedImage:
@@ -129,6 +124,10 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
     """Open and fully decode (so damage is found now), with the header's size (`fit_side`, see `load`: a
     reduced decode is smaller than that). `turbo`: a plain JPEG decoded in full comes back as an array
     (x2i.core.jpeg_turbo.decode_array)."""
+    if turbo:
+        fast = _open_turbo(data, max_pixels, fit_side)
+        if fast is not None:
+            return fast
     with warnings.catch_warnings():  # PIL warns on odd EXIF etc.; such images either decode or are rejected
         warnings.simplefilter("ignore")
         im = _header(data, max_pixels)
@@ -151,6 +150,21 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
         except Exception as exc:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
             raise ImageError("image_corrupt", f"cannot decode {im.format or 'image'} {w}x{h}: {exc}") from None
     return im, (w, h)
+
+
+def _open_turbo(data: bytes, max_pixels: int, fit_side: int | None) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A plain JPEG (no EXIF) decoded in full into an array without PIL; None for PIL's path (anything else, a
+    reduced decode, or a file simplejpeg refuses: PIL decides)."""
+    size = jpeg_turbo.plain_header(data)
+    if size is None:
+        return None
+    w, h = size
+    if w * h > max_pixels:
+        raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    if fit_side is not None and _reduction_pays(w, h, *scaled_size(w, h, min(1.0, fit_side / max(w, h)))):
+        return None
+    pixels = jpeg_turbo.decode_array(data, w, h)
+    return None if pixels is None else (pixels, (w, h))
 
 
 def _reduction_pays(width: int, height: int, target_w: int, target_h: int) -> bool:
@@ -203,13 +217,14 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 
 def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-         fit_side: int | None = None) -> EncodedImage:
+         fit_side: int | None = None, as_array: bool = False) -> EncodedImage:
     """Validate and normalise an image file: original bytes kept when they already are plain RGB JPEG/PNG.
     `fit_side`: the caller will only use the pixels through `fit(image, fit_side)`, so a plain RGB JPEG large
     enough for it to pay (`_reduction_pays`) is decoded at 1/2, 1/4 or 1/8 scale (every block is still read, so damage is still
     found here); `pil()` still gives full-size pixels, decoding again if asked. A plain JPEG decoded in full for
-    fit_side is decoded by simplejpeg into an array (x2i.core.jpeg_turbo), which `fit` resamples as is."""
-    im, size = _open(data, max_pixels, fit_side, turbo=fit_side is not None)
+    fit_side, or for a caller that works on arrays (`as_array`: `fit`, `fit_region`, `encode`), is decoded by
+    simplejpeg into an array (x2i.core.jpeg_turbo); `pil()` of it is a copy."""
+    im, size = _open(data, max_pixels, fit_side, turbo=as_array or fit_side is not None)
     if isinstance(im, np.ndarray):  # a plain JPEG decoded in full by simplejpeg, passed through
         return EncodedImage(data, *size, "JPEG", path, array=im)
     fmt = im.format or ""
@@ -249,56 +264,6 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
     return EncodedImage(buf.getvalue(), im.width, im.height, format, path, pil=im)
 
 
-@dataclass(frozen=True)
-class FitTransform:
-    """How `fit` changed an image: new = (old * scale) - (crop_left, crop_top), clipped to the new size."""
-
-    scale: float
-    crop_left: int
-    crop_top: int
-    width: int
-    height: int
-
-    @property
-    def identity(self) -> bool:
-        return self.scale == 1.0 and self.crop_left == 0 and self.crop_top == 0
-
-    def box(self, box_px: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-        """Map a pixel box (x0, y0, x1, y1) of the original into the fitted image, clipped to it."""
-        x0, y0, x1, y1 = (v * self.scale for v in box_px)
-        x0, x1 = x0 - self.crop_left, x1 - self.crop_left
-        y0, y1 = y0 - self.crop_top, y1 - self.crop_top
-        clip = lambda v, hi: min(max(v, 0.0), float(hi))  # noqa: E731
-        return clip(x0, self.width), clip(y0, self.height), clip(x1, self.width), clip(y1, self.height)
-
-
-def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """The size an image is resampled to before the centre crop (each side rounded, at least 1 px)."""
-    if scale == 1.0:
-        return width, height
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def fit_size(width: int, height: int, max_side: int, multiple: int = 16) -> FitTransform:
-    """The size policy as numbers: scale to max_side (never up), then centre-crop to multiples."""
-    scale = min(1.0, max_side / max(width, height))
-    sw, sh = scaled_size(width, height, scale)
-    if min(sw, sh) < multiple:
-        raise ImageError("image_too_small", f"{width}x{height} is smaller than {multiple} px after fitting")
-    new_w, new_h = sw - sw % multiple, sh - sh % multiple
-    return FitTransform(scale if scale != 1.0 else 1.0, (sw - new_w) // 2, (sh - new_h) // 2, new_w, new_h)
-
-
-def source_box(region: tuple[int, int, int, int], t: FitTransform) -> tuple[float, float, float, float]:
-    """The part of `region` that a scaled fit samples from. The scaled size was rounded (558.25 -> 558 px),
-    so the far edge mapped back can overshoot the region by a fraction of a pixel, and PIL refuses a box past
-    the image: clamp it (a sub-pixel change of the sampling grid, never a lost row)."""
-    x0, y0, x1, y1 = region
-    s = t.scale
-    return (x0 + t.crop_left / s, y0 + t.crop_top / s, min(x1, x0 + (t.crop_left + t.width) / s),
-            min(y1, y0 + (t.crop_top + t.height) / s))
-
-
 def resize_array(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resample an HxWxC uint8 array (module docstring): INTER_LINEAR down to 2/3 size, INTER_AREA below,
     LANCZOS4 when enlarging (the size policy never enlarges; other callers may)."""
@@ -332,6 +297,20 @@ def fit_pil(im: Image.Image, max_side: int, multiple: int = 16,
     # Crop in PIL first: it copies only the region, where np.asarray would copy the whole image.
     pixels = np.asarray(im if full else im.crop((x0, y0, x1, y1)))
     return Image.fromarray(_fit_array(pixels, t)), t
+
+
+def fit_region(image: EncodedImage, max_side: int, multiple: int, region: tuple[int, int, int, int]
+               ) -> tuple[Image.Image | np.ndarray, FitTransform]:
+    """`fit_pil` of a whole-pixel region of the image: from its array when it holds one (an array comes back,
+    which `encode` writes without a PIL image), else from its PIL pixels."""
+    if image._array is None:
+        return fit_pil(image.pil(), max_side, multiple, region=region)
+    x0, y0, x1, y1 = region
+    t = fit_size(x1 - x0, y1 - y0, max_side, multiple)
+    pixels = image._array[y0:y1, x0:x1]
+    if t.scale == 1.0:  # a copy, as PIL's crop: the crop must not keep the whole source alive
+        return np.ascontiguousarray(pixels[t.crop_top:t.crop_top + t.height, t.crop_left:t.crop_left + t.width]), t
+    return _fit_array(pixels, t), t
 
 
 def _fit_array(pixels: np.ndarray, t: FitTransform) -> np.ndarray:

@@ -103,6 +103,7 @@ def compile_plan(recipe: Recipe) -> Plan:
         extra = make_steps(recipe.steps)
         steps = own + extra
         source = make_source(recipe.source)
+        source.pixels = builder.pixels
     except ImportError as exc:
         raise BuildStopped(describe_stop(exc, f"recipe {recipe.name}")) from None
     for step in steps:

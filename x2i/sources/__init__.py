@@ -26,6 +26,9 @@ class Source:
     # Whether `path`/`images` may be object-store URIs (the reader opens files through x2i/sources/files.py);
     # a format that does not refuses a URI before any work, naming itself.
     reads_uris = False
+    # How the builder uses the source images: "pil" (crops, draws, annotators) or "array" (resampled and encoded
+    # with OpenCV: decoded straight into numpy, no PIL image). Set from the builder by x2i.engine.plan.
+    pixels = "pil"
 
     def __init__(self, config: SourceConfig):
         from x2i.sources.files import check_source_paths

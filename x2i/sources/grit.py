@@ -237,7 +237,7 @@ class GritSource(Source):
                 reject("aspect_changed", f"downloaded {w}x{h} from original {ow}x{oh}: boxes would not fit")
                 return None
         try:
-            image = load(record.image, path=f"{key}.jpg")
+            image = load(record.image, path=f"{key}.jpg", as_array=self.pixels == "array")
         except ImageError as exc:
             reject(exc.reason, str(exc))
             return None
