@@ -119,6 +119,7 @@ class TextToImageBuilder(Builder):
     name = TASK
     source_formats = ("laion",)
     Params = TextToImageParams
+    pixels = "array"  # the image is only fitted (x2i.core.imageio.fit) and hashed: numpy from decode to encode
 
     def steps(self) -> list[Step]:
         from x2i.sources.laion import FetchStep, require_columns

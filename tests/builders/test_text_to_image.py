@@ -5,6 +5,7 @@ import hashlib
 import json
 from collections import Counter
 
+import pytest
 
 from helpers_curate import cli, rejects, rows, validate
 from x2i.shapes.embedded import EmbeddedOptions
@@ -87,3 +88,23 @@ def test_ray_and_local_give_identical_rows(tmp_path):
     manifest = build(tmp_path / "ray", "--executor", "ray", "--workers", "2")
     assert fingerprint(tmp_path / "local") == fingerprint(tmp_path / "ray")
     assert manifest["post_build"]["dedup"]["dropped"] == {"duplicate_sha256": 1, "duplicate_phash": 1}
+
+
+@pytest.mark.parametrize("extra", [(), ("--set", "output.max_side=256")], ids=["as-is", "resized"])
+def test_array_path_gives_the_pil_paths_dataset(tmp_path, monkeypatch, extra):
+    """The builder keeps images as numpy arrays from decode to encode (`pixels = "array"`); forcing the PIL path
+    gives the same rows, bytes, pHashes and rejects, images passed through and resized."""
+    from x2i.builders.text_to_image import TextToImageBuilder
+    from x2i.core import jpeg_turbo
+
+    decoded = []
+    real = jpeg_turbo.decode_array
+    monkeypatch.setattr(jpeg_turbo, "decode_array", lambda *a: decoded.append(1) or real(*a))
+    array_manifest = build(tmp_path / "array", *extra)
+    assert decoded
+    monkeypatch.setattr(TextToImageBuilder, "pixels", "pil")
+    decoded.clear()
+    pil_manifest = build(tmp_path / "pil", *extra)
+    assert not decoded
+    assert fingerprint(tmp_path / "array") == fingerprint(tmp_path / "pil")
+    assert array_manifest["rejects"] == pil_manifest["rejects"] and array_manifest["rows"] > 0

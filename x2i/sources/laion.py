@@ -316,7 +316,7 @@ class LaionSource(Source):
             self._reject(ctx, "caption_missing", f"TEXT is {caption!r}", key, {"url": meta.get("url")})
             return None
         try:
-            image = load(data or b"", path=f"{key.replace('/', '_')}.jpg")
+            image = load(data or b"", path=f"{key.replace('/', '_')}.jpg", as_array=self.pixels == "array")
         except ImageError as exc:
             self._reject(ctx, exc.reason, str(exc), key, {"url": meta.get("url")})
             return None
