@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
-import typer
+# numpy's OpenBLAS starts a spinning thread per core when numpy is imported (0.1 CPU s in every x2i process,
+# python -X importtime / time). x2i's data commands spread work over processes and make no BLAS call worth a
+# thread (pHash's 8x32 matrix products), so they run with one unless the user set it; model commands keep the
+# default. Before any import of numpy.
+DATA_COMMANDS = {"build", "import", "validate", "stats", "export", "download", "publish", "view", "recipes"}
+if next((a for a in sys.argv[1:] if not a.startswith("-")), None) in DATA_COMMANDS:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from x2i.core.config import ConfigError
-from x2i.core.errors import X2IError
-from x2i.core.extras import missing_extra
+import typer  # noqa: E402
+
+from x2i.core.config import ConfigError  # noqa: E402
+from x2i.core.errors import X2IError  # noqa: E402
+from x2i.core.extras import missing_extra  # noqa: E402
 
 COMMAND_MODULES = [
     "x2i.cli.data",
