@@ -274,10 +274,10 @@ class DedupStep(Step):
             for shard in rec.shards:
                 path = out / shard.path
                 if shard.path in by_shard:
-                    rows = rewrite_shard(path, by_shard[shard.path]) if path.exists() else 0
+                    rows, sha = rewrite_shard(path, by_shard[shard.path]) if path.exists() else (0, None)
                     if rows == 0:
                         continue
-                    shard = replace(shard, rows=rows, bytes=path.stat().st_size, sha256=file_sha256(path))
+                    shard = replace(shard, rows=rows, bytes=path.stat().st_size, sha256=sha or file_sha256(path))
                 kept_shards.append(shard)
             rec.shards = kept_shards
         return updated

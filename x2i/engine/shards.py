@@ -135,41 +135,45 @@ class HashingSink:
             self.file.close()
 
 
-def rewrite_shard(path: Path, drop_ids: set[str]) -> int:
+def rewrite_shard(path: Path, drop_ids: set[str]) -> tuple[int, str | None]:
     """Atomically rewrite a committed shard without the rows whose `id` is in `drop_ids`, row group by row
-    group (bounded memory, row groups never grow). Returns the rows left; a shard left empty is removed.
-    Dropping ids that are not there leaves the file untouched, so a repeated rewrite is a no-op."""
+    group (bounded memory, row groups never grow). Returns the rows left and the new file's sha256 (hashed as it
+    is written; None when the file was left as it was or removed); a shard left empty is removed. Dropping ids
+    that are not there leaves the file untouched, so a repeated rewrite is a no-op."""
     import pyarrow.compute as pc
 
     pf = pq.ParquetFile(path)
     present = set(pf.read(columns=["id"]).column("id").to_pylist())
     if not present & drop_ids:
-        return pf.metadata.num_rows
+        return pf.metadata.num_rows, None
     tmp = temp_path(path)
     drop = pa.array(sorted(drop_ids), pa.string())
-    writer, kept = None, 0
+    writer, sink, kept = None, None, 0
     with storage_errors(path):
         try:
             for i in range(pf.num_row_groups):
                 table = pf.read_row_group(i).replace_schema_metadata(SCHEMA.metadata)
                 table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=drop)))
                 if table.num_rows:
-                    writer = writer or open_shard_writer(tmp, images_compressed(pf))
+                    if writer is None:
+                        sink = HashingSink(tmp)
+                        writer = open_shard_writer(pa.PythonFile(sink, mode="w"), images_compressed(pf))
                     writer.write_table(table, row_group_size=table.num_rows)
                     kept += table.num_rows
             if writer is not None:
                 writer.close()
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
+                sink.close()  # fsynced
                 os.replace(tmp, path)
             else:
                 path.unlink()
         except BaseException:
             _close_quietly(writer)
+            if sink is not None:
+                _close_quietly(sink)
             _unlink_quietly(tmp)
             raise
     fsync_dir(path.parent)
-    return kept
+    return kept, (sink.hash.hexdigest() if sink is not None else None)
 
 
 @dataclass
