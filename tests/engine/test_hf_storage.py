@@ -219,3 +219,33 @@ def test_the_fake_hub_answers_huggingface_hub_as_the_hub_does(hub, tmp_path):
         path = hf_hub_download("org/fidelity", name, repo_type="dataset", endpoint=hub.url, token=TOKEN,
                                cache_dir=tmp_path)
         assert Path(path).read_bytes() == data and hub.head(repo, "main") in path
+
+
+@pytest.mark.slow
+def test_x2i_train_reads_a_mix_on_hf(hub, tmp_path):
+    """A dataset pushed to a Hub dataset repo trains like any other mix entry: `x2i train` lists, checks and
+    reads its shards through hf:// (two steps of the tiny model)."""
+    pytest.importorskip("torch", reason="needs the model extra: pip install 'x2i[model]'")
+    local = tmp_path / "shapes"
+    built = invoke("build", "--task", "shapes-text-to-image", "--out", local, "-q",
+                   "--set", "source.options.embedded.scenes=40")
+    assert built.exit_code == 0, built.output
+    hub.add_repo("org/shapes", folder_files(local))
+    mix = tmp_path / "mix.yaml"
+    mix.write_text(json.dumps({"name": "hfmix", "datasets": [{"path": "hf://datasets/org/shapes"}]}))
+    run = tmp_path / "run"
+    result = invoke("train", "--mix", mix, "--model", "tiny", "--steps", 2, "--batch-size", 4, "--workers", 0,
+                    "--out", run, "-q", "--set", "loader.max_pixels=1024", "--set", "loader.max_input_side=32",
+                    "--set", "save_every=2", "--set", "log_every=1", "--set", "tensorboard=false",
+                    "--set", "codec.pixel_factor=2")
+    assert result.exit_code == 0, result.output
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    # What trained came from the Hub: the same files with one shard's bytes zeroed, as a second repo, are refused.
+    files = folder_files(local)
+    shard = json.loads(files["manifest.json"])["shards"][0]["path"]
+    files[shard] = bytes(len(files[shard]))
+    hub.add_repo("org/shapes-damaged", files)
+    mix.write_text(json.dumps({"name": "hfmix", "datasets": [{"path": "hf://datasets/org/shapes-damaged"}]}))
+    again = invoke("train", "--mix", mix, "--model", "tiny", "--steps", 2, "--out", tmp_path / "run2", "-q")
+    assert again.exit_code == 2
+    assert f"shard hf://datasets/org/shapes-damaged/{shard} is not a readable Parquet file" in again.output
