@@ -106,8 +106,14 @@ def all_reduce(values: list[float], device: torch.device, op: str = "sum") -> li
     return t.tolist()
 
 
-def cleanup() -> None:
+def cleanup(finished: bool = False) -> None:
+    """Tear the process group down. After a finished run (`finished`) every rank waits for the others first:
+    rank 0 still saves the final model when the others are done, and a rank that tore its gloo group down while
+    a peer still held the connection aborted once in CI ("terminate called without an active exception"). Not
+    after a failure: the failed rank would never arrive (torchrun stops the others)."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -356,7 +356,10 @@ def _fqn(name: str) -> str:
 
 def train(config: TrainConfig, resume: bool = False) -> dict[str, Any]:
     trainer = Trainer(config, resume=resume)
+    finished = False
     try:
-        return trainer.train()
+        summary = trainer.train()
+        finished = True
+        return summary
     finally:
-        xdist.cleanup()
+        xdist.cleanup(finished)

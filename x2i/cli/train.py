@@ -60,8 +60,10 @@ def _train(resolved, resume: bool, precompute_latents: bool) -> dict | None:
         done = trainer.precompute_latents()
         if trainer.info.is_main:
             typer.echo(f"latent cache: {done} samples encoded into {resolved.loader.latent_cache}")
+    finished = False
     try:
         summary = trainer.train()
+        finished = True
     except TrainingStopped as exc:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
@@ -71,7 +73,7 @@ def _train(resolved, resume: bool, precompute_latents: bool) -> dict | None:
     finally:
         from x2i.model.training.dist import cleanup
 
-        cleanup()
+        cleanup(finished)
     return summary if trainer.info.is_main else None
 
 
