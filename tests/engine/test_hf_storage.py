@@ -18,7 +18,8 @@ pytest.importorskip("huggingface_hub", reason="needs the publish extra: pip inst
 from typer.testing import CliRunner  # noqa: E402
 
 from fake_hub import FakeHub  # noqa: E402
-from storage_helpers import data_hashes, one_error_line, parquet_shards  # noqa: E402
+from storage_helpers import data_hashes, edit_set_builds_alike, one_error_line, parquet_shards  # noqa: E402
+from storage_helpers import train_two_steps  # noqa: E402
 from x2i.cli.main import app  # noqa: E402
 from x2i.core.config import to_dict  # noqa: E402
 from x2i.engine.build import build  # noqa: E402
@@ -156,21 +157,12 @@ def test_a_laion_source_on_hf_builds_like_its_local_copy(hub, tmp_path, layout):
 @pytest.mark.slow  # the embedded MagicBrush sample takes ~1 min to make and ~30 s to build on a busy machine
 def test_a_magicbrush_edit_set_on_hf_builds_like_its_local_copy(hub, tmp_path):
     """A parquet edit set read in row spans (ranged reads of row groups): the same partitions, shards, rejects."""
-    from x2i.engine.manifest import read_manifest
     from x2i.shapes.embedded import embedded_source
 
     local = tmp_path / "src"
     shutil.copytree(embedded_source("magicbrush", None), local)
     hub.add_repo("org/magicbrush", folder_files(local))
-    for name, root in (("local", str(local)), ("hf", "hf://datasets/org/magicbrush")):
-        result = invoke("build", "--task", "image-edit", "--format", "magicbrush", "--source", root,
-                        "--set", "source.options.rows_per_partition=8", "--out", tmp_path / name, "-q")
-        assert result.exit_code == 0, result.output
-    built = {name: read_manifest(tmp_path / name) for name in ("local", "hf")}
-    assert built["hf"].rows > 0 and len(built["hf"].partitions) > 1
-    assert [p.label for p in built["hf"].partitions] == [p.label for p in built["local"].partitions]
-    assert data_hashes(tmp_path / "hf") == data_hashes(tmp_path / "local")
-    assert built["hf"].rejects == built["local"].rejects
+    edit_set_builds_alike("magicbrush", {"local": str(local), "hf": "hf://datasets/org/magicbrush"}, tmp_path)
 
 
 def test_a_missing_repo_a_bad_token_and_no_token_on_a_private_repo_are_one_line(hub, pushed, monkeypatch, tmp_path):
@@ -234,10 +226,7 @@ def test_x2i_train_reads_a_mix_on_hf(hub, tmp_path):
     mix = tmp_path / "mix.yaml"
     mix.write_text(json.dumps({"name": "hfmix", "datasets": [{"path": "hf://datasets/org/shapes"}]}))
     run = tmp_path / "run"
-    result = invoke("train", "--mix", mix, "--model", "tiny", "--steps", 2, "--batch-size", 4, "--workers", 0,
-                    "--out", run, "-q", "--set", "loader.max_pixels=1024", "--set", "loader.max_input_side=32",
-                    "--set", "save_every=2", "--set", "log_every=1", "--set", "tensorboard=false",
-                    "--set", "codec.pixel_factor=2")
+    result = train_two_steps(mix, run)
     assert result.exit_code == 0, result.output
     assert len((run / "log.jsonl").read_text().splitlines()) == 2
     # What trained came from the Hub: the same files with one shard's bytes zeroed, as a second repo, are refused.

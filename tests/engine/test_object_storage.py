@@ -29,7 +29,7 @@ from x2i.engine.lock import BuildLocked  # noqa: E402
 from x2i.engine.object_lock import ObjectLock  # noqa: E402
 from x2i.engine.recipe import load_recipe  # noqa: E402
 from storage_helpers import data_hashes as _data_hashes  # noqa: E402
-from storage_helpers import one_error_line  # noqa: E402
+from storage_helpers import edit_set_builds_alike, one_error_line, train_two_steps  # noqa: E402
 from storage_helpers import parquet_shards as _parquet_shards  # noqa: E402
 
 X2I = [sys.executable, "-m", "x2i.cli.main"]
@@ -194,11 +194,7 @@ def test_x2i_train_reads_a_mix_on_s3(s3, tmp_path):
     mix = tmp_path / "mix.yaml"
     mix.write_text(json.dumps({"name": "s3mix", "datasets": [{"path": uri}]}))
     run = tmp_path / "run"
-    result = CliRunner().invoke(app, [
-        "train", "--mix", str(mix), "--model", "tiny", "--steps", "2", "--batch-size", "4", "--workers", "0",
-        "--out", str(run), "-q", "--set", "loader.max_pixels=1024", "--set", "loader.max_input_side=32",
-        "--set", "save_every=2", "--set", "log_every=1", "--set", "tensorboard=false",
-        "--set", "codec.pixel_factor=2"])
+    result = train_two_steps(mix, run)
     assert result.exit_code == 0, result.output
     assert len((run / "log.jsonl").read_text().splitlines()) == 2
     # A shard changed on the store after the build is refused before training (here its footer is gone).
@@ -257,7 +253,6 @@ def test_an_edit_dataset_on_s3_builds_like_its_local_copy(s3, tmp_path, fmt):
     the same partitions (row spans), shards and rejects."""
     import pyarrow.parquet as pq
 
-    from x2i.engine.manifest import read_manifest
     from x2i.shapes.embedded import embedded_source
 
     local = tmp_path / "src"
@@ -268,14 +263,4 @@ def test_an_edit_dataset_on_s3_builds_like_its_local_copy(s3, tmp_path, fmt):
                                                   "instruction": "edit_prompt"}.get(n, n)
                                                  for n in pq.read_schema(f).names])
             pq.write_table(t.drop_columns([c for c in ("mask_img",) if c in t.column_names]), f, row_group_size=4)
-    remote = _upload(s3, local, f"edit-{fmt}")
-    for name, root in (("local", str(local)), ("s3", remote)):
-        result = CliRunner().invoke(app, ["build", "--task", "image-edit", "--format", fmt, "--source", root,
-                                          "--set", "source.options.rows_per_partition=8", "--out",
-                                          str(tmp_path / name), "-q"])
-        assert result.exit_code == 0, result.output
-    built = {name: read_manifest(tmp_path / name) for name in ("local", "s3")}
-    assert built["s3"].rows > 0 and len(built["s3"].partitions) > 1
-    assert [p.label for p in built["s3"].partitions] == [p.label for p in built["local"].partitions]
-    assert _data_hashes(tmp_path / "s3") == _data_hashes(tmp_path / "local")
-    assert built["s3"].rejects == built["local"].rejects
+    edit_set_builds_alike(fmt, {"local": str(local), "s3": _upload(s3, local, f"edit-{fmt}")}, tmp_path)
