@@ -83,7 +83,7 @@ class EncodedImage:
         """Pixels to resample down to width x height: the reduced decode when it is at least that big (no
         second decode), else the full-size pixels."""
         r = self._reduced
-        if self._pil is None and self._array is None and r is not None and r.width >= width and r.height >= height:
+        if self._pil is None and r is not None and r.width >= width and r.height >= height:
             return r
         return self.pil()
 
@@ -114,9 +114,15 @@ def _header(data: bytes, max_pixels: int) -> Image.Image:
     w, h = im.size
     if w < 1 or h < 1:
         raise ImageError("image_unreadable", f"image header gives size {w}x{h}")
-    if w * h > max_pixels:
-        raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    _check_pixels(w, h, max_pixels)
     return im
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """The decompression-bomb guard, from the header's size, before anything is decoded."""
+    if width * height > max_pixels:
+        raise ImageError("image_too_large", f"{width}x{height} = {width * height} pixels exceeds the limit of "
+                         f"{max_pixels}")
 
 
 def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
@@ -133,13 +139,10 @@ def _open(data: bytes, max_pixels: int, fit_side: int | None = None,
         im = _header(data, max_pixels)
         w, h = im.size
         plain_jpeg = im.format == "JPEG" and im.mode == "RGB" and _orientation(im) == 1
-        reduce = False
-        if fit_side is not None and plain_jpeg:
-            target = scaled_size(w, h, min(1.0, fit_side / max(w, h)))  # the size fit() resamples to
-            reduce = _reduction_pays(w, h, *target)
-            if reduce:
-                im.draft(None, target)  # libjpeg decodes at the smallest 1/2^k scale still >= target
-        if turbo and plain_jpeg and not reduce:
+        target = _reduced_target(w, h, fit_side) if plain_jpeg else None
+        if target is not None:
+            im.draft(None, target)  # libjpeg decodes at the smallest 1/2^k scale still >= target
+        if turbo and plain_jpeg and target is None:
             pixels = jpeg_turbo.decode_array(data, w, h)
             if pixels is not None:
                 return pixels, (w, h)
@@ -159,12 +162,19 @@ def _open_turbo(data: bytes, max_pixels: int, fit_side: int | None) -> tuple[np.
     if size is None:
         return None
     w, h = size
-    if w * h > max_pixels:
-        raise ImageError("image_too_large", f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-    if fit_side is not None and _reduction_pays(w, h, *scaled_size(w, h, min(1.0, fit_side / max(w, h)))):
+    _check_pixels(w, h, max_pixels)
+    if _reduced_target(w, h, fit_side) is not None:
         return None
     pixels = jpeg_turbo.decode_array(data, w, h)
     return None if pixels is None else (pixels, (w, h))
+
+
+def _reduced_target(width: int, height: int, fit_side: int | None) -> tuple[int, int] | None:
+    """The size `fit(image, fit_side)` resamples to, when decoding toward it at a reduced scale pays; else None."""
+    if fit_side is None:
+        return None
+    target = scaled_size(width, height, min(1.0, fit_side / max(width, height)))
+    return target if _reduction_pays(width, height, *target) else None
 
 
 def _reduction_pays(width: int, height: int, target_w: int, target_h: int) -> bool:
@@ -334,10 +344,10 @@ def _fit_reduced(src: Image.Image, width: int, height: int, sw: int, sh: int, t:
 def fit_pixels(image: EncodedImage, max_side: int, multiple: int = 16) -> tuple[Image.Image | np.ndarray, FitTransform]:
     """The size policy's pixels for an EncodedImage: from its reduced decode when it has one (`load`'s
     fit_side), from its array when it holds one (an array comes back), else from the PIL pixels (`fit_pil`)."""
+    if image._array is not None:  # also a crop alone: pil() would copy the whole array first
+        return fit_region(image, max_side, multiple, (0, 0, image.width, image.height))
     t = fit_size(image.width, image.height, max_side, multiple)
     sw, sh = scaled_size(image.width, image.height, t.scale)
-    if image._array is not None and t.scale != 1.0:
-        return _fit_array(image._array, t), t
     src = image.pixels_for(sw, sh)
     if src.size == image.size:
         return fit_pil(src, max_side, multiple)
