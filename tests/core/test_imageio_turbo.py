@@ -52,11 +52,12 @@ def test_fitted_output_is_byte_identical_to_the_pil_path():
         data = jpeg(im, quality=90)
         turbo = load(data, fit_side=FULL)
         via_pil = EncodedImage(data, *im.size, "JPEG", pil=Image.open(io.BytesIO(data)).convert("RGB"))
-        for side in (512, 256, 100):
+        for side in (1000, 512, 256, 100):  # 1000: no resample, only the crop to multiples of 16 (or nothing)
             a, ta = fit(turbo, side, 16, 95)
             b, tb = fit(via_pil, side, 16, 95)
             assert ta == tb and a.data == b.data, side
             assert np.array_equal(a.array(), np.asarray(b.pil()))
+            assert turbo._pil is None  # the array path never made a PIL image of the source
 
 
 @pytest.mark.parametrize("quality", (95, 90, 85, 60))

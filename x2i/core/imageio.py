@@ -264,7 +264,9 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
     if format == "JPEG":
         if im.mode not in ("RGB", "L"):
             im = to_rgb(im)
-        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+        # comment=None: PIL would copy a cropped source's JPEG comment (COM) into the crop, and only when the
+        # crop was not resampled; the array path (jpeg_turbo.encode_array) writes none either.
+        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, comment=None)
     elif format == "PNG":
         im.save(buf, "PNG", compress_level=1)
     else:
