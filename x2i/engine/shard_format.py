@@ -2,6 +2,7 @@
 post-build rewrites, the Hub export's merges), so a rewritten or merged shard matches a freshly written one."""
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import pyarrow as pa
@@ -49,8 +50,8 @@ def images_compress(rows: list[dict], sample: int = 8) -> bool:
     0.04 ms of compression a row and the decompression at every read); flat synthetic images and small ones
     (whose repeated JPEG tables are most of their bytes) do (3.6x on the shapes world). Decided from the data
     alone, so the same rows give the same file."""
-    blobs = [r["output_image"]["bytes"] for r in rows if r.get("output_image")][:sample]
-    blobs += [im["bytes"] for r in rows for im in r.get("input_images") or ()][:sample]
+    blobs = list(islice((r["output_image"]["bytes"] for r in rows if r.get("output_image")), sample))
+    blobs += islice((im["bytes"] for r in rows for im in r.get("input_images") or ()), sample)
     joined = b"".join(blobs)  # together, as a Parquet page holds them: repeated JPEG headers count
     if not joined:
         return True
