@@ -21,7 +21,7 @@ from PIL import Image
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe
 from x2i.core.errors import X2IError
-from x2i.core.imageio import FitTransform, fit
+from x2i.core.imageio import FitTransform, JpegSettings, fit
 from x2i.core.masks import changed_fraction, diff_mask, encode_mask, mask_from_image
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
@@ -60,7 +60,7 @@ def fit_mask(mask: np.ndarray, t: FitTransform) -> np.ndarray:
 class ImageEditStep(MapStep):
     name = TASK
 
-    def __init__(self, params: ImageEditParams, max_side: int, multiple: int, quality: int):
+    def __init__(self, params: ImageEditParams, max_side: int, multiple: int, quality: JpegSettings):
         self.p = params
         self.max_side, self.multiple, self.quality = max_side, multiple, quality
 
@@ -117,4 +117,4 @@ class ImageEditBuilder(Builder):
 
     def steps(self) -> list[Step]:
         o = self.recipe.output
-        return [ImageEditStep(self.params, o.max_side, o.multiple, o.jpeg_quality)]
+        return [ImageEditStep(self.params, o.max_side, o.multiple, o.jpeg)]

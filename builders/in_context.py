@@ -300,12 +300,12 @@ class InContextStep(MapStep):
         boxes = [tuple(tr[a]["box"]) for tr, _ in group]
         (masks, scores), = self.masker.masks([src], [boxes])
         inputs, subjects = [], []
-        out_img, t = fit(encode(Image.fromarray(frames[b]), "PNG"), o.max_side, o.multiple, o.jpeg_quality)
+        out_img, t = fit(encode(Image.fromarray(frames[b]), "PNG"), o.max_side, o.multiple, o.jpeg)
         if out_img.format != "JPEG":
-            out_img = encode(out_img.pil(), "JPEG", o.jpeg_quality)
+            out_img = encode(out_img.pil(), "JPEG", o.jpeg)
         for (tr, s), mask, score in zip(group, masks, scores):
             im, cut = segmented_subject(src, mask, tuple(self.p.background), self.p.pad, o.max_input_side, o.multiple)
-            enc = encode(im, "JPEG", o.jpeg_quality)
+            enc = encode(im, "JPEG", o.jpeg)
             inputs.append(enc)
             bb = t.box(tuple(tr[b]["box"]))
             subjects.append({"phrase": tr[a].get("phrase"), "phrase_out": tr[b].get("phrase"),

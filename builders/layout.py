@@ -91,7 +91,7 @@ class LayoutStep(MapStep):
         # Area is checked after fitting (the crop can shrink a box), so only confidence filters here.
         ents = usable_entities(sample, ctx, self.name, TASK, self.p.min_confidence, 0.0, self.p.max_box_area)
         o = self.o
-        output, t = fit(sample.output_image, o.max_side, o.multiple, o.jpeg_quality)
+        output, t = fit(sample.output_image, o.max_side, o.multiple, o.jpeg)
         src_w, src_h = sample.output_image.width, sample.output_image.height
         kept = []
         for ent in ents:

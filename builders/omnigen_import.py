@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from x2i.builders import Builder
-from x2i.core.imageio import fit
+from x2i.core.imageio import JpegSettings, fit
 from x2i.core.sample import Sample
 from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, MapStep, Step
@@ -23,7 +23,7 @@ class ImportParams:
 class ImportStep(MapStep):
     name = "omnigen_import"
 
-    def __init__(self, max_side: int, max_input_side: int, multiple: int, quality: int):
+    def __init__(self, max_side: int, max_input_side: int, multiple: int, quality: JpegSettings):
         self.max_side, self.max_input_side, self.multiple, self.quality = max_side, max_input_side, multiple, quality
 
     def process(self, sample: Sample, ctx: Context) -> Sample:
@@ -43,4 +43,4 @@ class OmniGenImportBuilder(Builder):
 
     def steps(self) -> list[Step]:
         o = self.recipe.output
-        return [ImportStep(o.max_side, o.max_input_side, o.multiple, o.jpeg_quality)]
+        return [ImportStep(o.max_side, o.max_input_side, o.multiple, o.jpeg)]

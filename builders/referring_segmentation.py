@@ -122,13 +122,13 @@ class ReferringStep(MapStep):
             keep = sorted(rng.choice(len(referents), self.p.max_per_image, replace=False))
             referents = [referents[i] for i in keep]
         o = self.o
-        output, t = fit(sample.output_image, o.max_side, o.multiple, o.jpeg_quality)
+        output, t = fit(sample.output_image, o.max_side, o.multiple, o.jpeg)
         src_w, src_h = sample.output_image.width, sample.output_image.height
         boxes = [[fitted_box(e["box"], src_w, src_h, t) for e in ents] for ents in referents]
         masks, mask_info = self._masks(output.pil(), boxes)
         size = condition_size(t, o.max_input_side, o.multiple)
         source_input = output if size == output.size else encode(
-            output.pil().resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0), "JPEG", o.jpeg_quality)
+            output.pil().resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0), "JPEG", o.jpeg)
         out = [self._make(sample, ents, bxs, m, info, output, source_input, t, ctx)
                for ents, bxs, m, info in zip(referents, boxes, masks, mask_info)]
         sample.output_image.release()
@@ -161,7 +161,7 @@ class ReferringStep(MapStep):
         template = int(rng.integers(len(TEMPLATES)))
         phrase = ents[0]["phrase"]
         instruction = TEMPLATES[template].format(ref=referent(phrase), image=placeholder(1), color=color)
-        target = encode(tint(output.pil(), mask, COLORS[color], self.p.alpha), "JPEG", self.o.jpeg_quality)
+        target = encode(tint(output.pil(), mask, COLORS[color], self.p.alpha), "JPEG", self.o.jpeg)
         w, h = output.width, output.height
         meta = {k: v for k, v in sample.meta.items() if k not in ("entities", "ref_exps")}
         meta.update(phrase=phrase, span=span, chunks=[e.get("chunk_index") for e in ents],

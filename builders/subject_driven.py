@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from x2i.core.errors import X2IError
-from x2i.core.imageio import FitTransform, encode, fit, fit_pil, fit_region
+from x2i.core.imageio import FitTransform, JpegSettings, encode, fit, fit_pil, fit_region
 from x2i.core.prompt import placeholder
 from x2i.core.sample import RejectSample, Sample
 from x2i.builders import Builder
@@ -141,7 +141,7 @@ class SubjectDrivenStep(MapStep):
     name = "subject_driven"
 
     def __init__(self, params: SubjectDrivenParams, max_side: int, max_input_side: int, multiple: int,
-                 quality: int, masker=None):
+                 quality: JpegSettings, masker=None):
         self.p = params
         self.masker = masker
         self.max_side, self.max_input_side, self.multiple, self.quality = max_side, max_input_side, multiple, quality
@@ -332,7 +332,7 @@ class SubjectDrivenBuilder(Builder):
 
     def steps(self) -> list[Step]:
         o = self.recipe.output
-        return [SubjectDrivenStep(self.params, o.max_side, o.max_input_side, o.multiple, o.jpeg_quality,
+        return [SubjectDrivenStep(self.params, o.max_side, o.max_input_side, o.multiple, o.jpeg,
                                   self.masker)]
 
     def notes(self) -> list[str]:

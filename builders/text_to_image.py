@@ -20,7 +20,7 @@ from typing import Any
 
 from x2i.builders import Builder
 from x2i.curation.filters import json_safe, threshold_reason
-from x2i.core.imageio import fit
+from x2i.core.imageio import JpegSettings, fit
 from x2i.core.sample import RejectSample, Sample
 from x2i.engine.registry import register_builder
 from x2i.engine.steps import Context, FilterStep, MapStep, Step
@@ -80,7 +80,7 @@ class MetadataFilterStep(FilterStep):
 class TextToImageStep(MapStep):
     name = TASK
 
-    def __init__(self, params: TextToImageParams, max_side: int, multiple: int, quality: int):
+    def __init__(self, params: TextToImageParams, max_side: int, multiple: int, quality: JpegSettings):
         self.p = params
         self.max_side, self.multiple, self.quality = max_side, multiple, quality
 
@@ -127,7 +127,7 @@ class TextToImageBuilder(Builder):
         source = self.recipe.source
         require_columns(source, needed_columns(self.params))  # before any work (cached per process)
         o = self.recipe.output
-        fit_step = TextToImageStep(self.params, o.max_side, o.multiple, o.jpeg_quality)
+        fit_step = TextToImageStep(self.params, o.max_side, o.multiple, o.jpeg)
         options = source.options or {}
         if options.get("download"):
             # fit_step only ever uses the fetched pixels fitted to max_side: FetchStep may decode them reduced.

@@ -24,7 +24,7 @@ from PIL import Image
 
 from x2i.builders import Builder
 from x2i.core.errors import X2IError
-from x2i.core.imageio import EncodedImage, FitTransform, encode, fit_size
+from x2i.core.imageio import EncodedImage, FitTransform, JpegSettings, encode, fit_size
 from x2i.core.prompt import placeholder
 from x2i.core.sample import Sample
 from x2i.engine.registry import register_builder
@@ -156,7 +156,7 @@ def aligned_fit(width: int, height: int, max_side: int, max_input_side: int, mul
     return t, (a * multiple, b * multiple)
 
 
-def fit_aligned(image: EncodedImage, t: FitTransform, quality: int) -> EncodedImage:
+def fit_aligned(image: EncodedImage, t: FitTransform, quality: JpegSettings) -> EncodedImage:
     """Apply a FitTransform (scale, then crop) to an image; the bytes pass through when nothing changes."""
     if t.identity and (t.width, t.height) == image.size:
         return image
@@ -169,7 +169,7 @@ def fit_aligned(image: EncodedImage, t: FitTransform, quality: int) -> EncodedIm
     return encode(out, "PNG" if image.format == "PNG" else "JPEG", quality=quality, path=image.path)
 
 
-def work_images(sample: Sample, max_side: int, max_input_side: int, multiple: int, quality: int
+def work_images(sample: Sample, max_side: int, max_input_side: int, multiple: int, quality: JpegSettings
                 ) -> tuple[EncodedImage, FitTransform, EncodedImage]:
     """(output photo, its fit transform, the same photo at condition size): what annotators and inputs use.
     The condition size is the output's scaled by one exact factor (aligned_fit)."""
@@ -284,7 +284,7 @@ class ConditionStep(Step):
             raise RejectSample("image_too_small", f"{sample.output_image.width}x{sample.output_image.height} "
                                                   f"< min_side {self.p.min_side}")
         o = self.o
-        return (sample, *work_images(sample, o.max_side, o.max_input_side, o.multiple, o.jpeg_quality))
+        return (sample, *work_images(sample, o.max_side, o.max_input_side, o.multiple, o.jpeg))
 
     def _annotate(self, ann, items: list, ctx: Context) -> list:
         """Annotations for the batch; when the batch call fails, each image alone (one bad image, one reject;

@@ -108,3 +108,23 @@ def test_array_path_gives_the_pil_paths_dataset(tmp_path, monkeypatch, extra):
     assert not decoded
     assert fingerprint(tmp_path / "array") == fingerprint(tmp_path / "pil")
     assert array_manifest["rejects"] == pil_manifest["rejects"] and array_manifest["rows"] > 0
+
+
+def test_jpeg_subsampling_is_a_recipe_choice(tmp_path):
+    """`output.jpeg_subsampling` reaches every re-encoded output: 4:2:0 at quality 95 where the default (auto)
+    writes 4:4:4, the same rows otherwise; a value libjpeg cannot write stops the build before any work."""
+    import simplejpeg
+
+    def subsamplings(out):
+        return Counter(simplejpeg.decode_jpeg_header(r["output_image"]["bytes"])[3] for r in rows(out))
+
+    build(tmp_path / "auto", "--set", "output.max_side=256")
+    build(tmp_path / "420", "--set", "output.max_side=256", "--set", "output.jpeg_subsampling=4:2:0")
+    assert set(subsamplings(tmp_path / "auto")) == {"444"}
+    assert set(subsamplings(tmp_path / "420")) == {"420"}
+    assert [r["id"] for r in rows(tmp_path / "auto")] == [r["id"] for r in rows(tmp_path / "420")]
+    for bad, says in (("output.jpeg_subsampling=4:2:2", "4:2:0"), ("output.jpeg_quality=0", "1..100")):
+        result = cli("build", "--task", "text-to-image", "-o", str(tmp_path / "bad"), "-q", "--set", EMB_SET,
+                     "--set", bad)
+        assert result.exit_code == 2 and says in result.output, result.output
+        assert not (tmp_path / "bad").exists()

@@ -42,3 +42,20 @@ def test_set_dotted_errors():
         set_dotted(data, "min_side", "{")
     set_dotted(data, "path", "123", parse=False)
     assert data["path"] == "123"
+
+
+def test_colons_never_make_numbers_and_numbers_still_do(tmp_path):
+    """YAML 1.1 reads `4:2:0` as the base-60 number 14520: recipes and --set read it as the string it looks like,
+    in a file and on the command line, while every other number parses as before."""
+    from x2i.core.config import load_yaml, read_yaml, set_dotted
+
+    text = "a: 4:2:0\nb: 1:30\nc: 190:20:30.15\nd: 12\ne: -1.5\nf: 0x10\ng: 1_000\nh: .inf\ni: '7'\n"
+    want = {"a": "4:2:0", "b": "1:30", "c": "190:20:30.15", "d": 12, "e": -1.5, "f": 16, "g": 1000,
+            "h": float("inf"), "i": "7"}
+    assert load_yaml(text) == want
+    (tmp_path / "r.yaml").write_text(text)
+    assert read_yaml(tmp_path / "r.yaml") == want
+    data: dict = {}
+    set_dotted(data, "output.jpeg_subsampling", "4:2:0")
+    set_dotted(data, "output.jpeg_quality", "90")
+    assert data == {"output": {"jpeg_subsampling": "4:2:0", "jpeg_quality": 90}}

@@ -10,6 +10,7 @@ from PIL import Image
 
 from x2i.core import imageio, jpeg_turbo
 from x2i.core.imageio import EncodedImage, ImageError, fit, load
+from x2i.core.jpeg_settings import JpegSettings
 
 
 def photos() -> list[Image.Image]:
@@ -60,11 +61,11 @@ def test_fitted_output_is_byte_identical_to_the_pil_path():
             assert turbo._pil is None  # the array path never made a PIL image of the source
 
 
-@pytest.mark.parametrize("quality", (95, 90, 85, 60))
+@pytest.mark.parametrize("quality", (95, 90, 85, 60, JpegSettings(95, "4:2:0"), JpegSettings(80, "4:4:4")))
 def test_an_array_encodes_to_the_bytes_pil_writes(quality):
     """`encode` of an array (OpenCV, no copy into PIL) writes exactly what `encode` of the same PIL image does:
-    RGB (OpenCV) and grey (PIL), odd sizes, both chroma subsamplings the quality picks."""
-    rng = np.random.default_rng(quality)
+    RGB (OpenCV) and grey (PIL), odd sizes, both chroma subsamplings (the quality's, or the settings')."""
+    rng = np.random.default_rng(getattr(quality, "quality", quality))
     arrays = [np.asarray(im) for im in photos()]
     arrays += [np.ascontiguousarray(a[:97, :131]) for a in arrays[:2]]  # odd sizes, partial MCUs
     arrays += [rng.integers(0, 256, (33, 17, 3), dtype=np.uint8), np.asarray(photos()[1].convert("L"))]
@@ -175,3 +176,20 @@ def test_hostile_bytes_get_the_same_verdict_and_pixels_on_both_paths():
         assert outcome(data, as_array=True) == expected, len(data)
         verdicts.add(expected[0] if expected[0] == "ok" else expected[1])
     assert {"ok", "image_corrupt", "image_too_large"} <= verdicts, verdicts
+
+
+@pytest.mark.parametrize("settings, written", [(95, "444"), (90, "444"), (89, "420"), (JpegSettings(95, "4:2:0"), "420"),
+                                               (JpegSettings(60, "4:4:4"), "444"), (JpegSettings(60, "auto"), "420")])
+def test_chroma_subsampling_is_what_the_settings_say(settings, written):
+    """The subsampling in the written file's header, on both encoders (an array: OpenCV; PIL)."""
+    import simplejpeg
+
+    a = np.asarray(photos()[0])
+    for pixels in (a, Image.fromarray(a)):
+        assert simplejpeg.decode_jpeg_header(imageio.encode(pixels, "JPEG", settings).data)[3] == written
+
+
+def test_jpeg_settings_refuse_what_libjpeg_cannot_write():
+    for bad in (dict(quality=0), dict(quality=101), dict(subsampling="4:2:2"), dict(subsampling="420")):
+        with pytest.raises(ValueError):
+            JpegSettings(**bad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -131,11 +132,27 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML without YAML 1.1's base-60 numbers: `4:2:0` (a JPEG subsampling) or `1:30` stays the string it reads
+    as, where safe_load makes it 14520 or 90."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, re.compile(r"(?!.*:)" + rx.pattern, rx.flags) if tag.endswith((":int", ":float")) else rx)
+            for tag, rx in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def load_yaml(text: str) -> Any:
+    """safe_load, with colons never making numbers (_Loader)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file that must hold a mapping."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except yaml.YAMLError as exc:
@@ -159,7 +176,7 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any, parse: bool = True
             raise ConfigError(f"{'.'.join(keys[:depth + 1])}: not a mapping, cannot set {dotted}")
     if parse and isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
+            value = load_yaml(value)
         except yaml.YAMLError as exc:
             reason = " ".join(str(getattr(exc, "problem", None) or exc).split())
             raise ConfigError(f"{dotted}: value {value!r} is not valid YAML ({reason})") from None

@@ -34,6 +34,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from x2i.core import jpeg_turbo
 from x2i.core.errors import ImageError  # noqa: F401 - where callers import it from
+from x2i.core.jpeg_settings import JpegSettings, jpeg_settings
 # The size policy's numbers live in x2i.core.sizing; imported here too, where callers have always found them.
 from x2i.core.sizing import FitTransform, fit_size, scaled_size, source_box  # noqa: F401
 
@@ -250,10 +251,11 @@ def load(data: bytes, path: str | None = None, max_pixels: int = DEFAULT_MAX_PIX
     return encode(rgb, target, path=path)
 
 
-def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95,
+def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int | JpegSettings = 95,
            path: str | None = None) -> EncodedImage:
     """Encode pixels (PIL, or an HxWx3 / HxW uint8 array, kept as the result's pixels); JPEG for photos, PNG for
-    masks/conditions that must stay exact."""
+    masks/conditions that must stay exact. `quality`: a JPEG quality, or the recipe's JpegSettings (quality and
+    chroma subsampling, x2i.core.jpeg_settings)."""
     array = im if isinstance(im, np.ndarray) else None
     if array is not None and format == "JPEG" and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
         h, w = array.shape[:2]
@@ -266,7 +268,8 @@ def encode(im: Image.Image | np.ndarray, format: str = "JPEG", quality: int = 95
             im = to_rgb(im)
         # comment=None: PIL would copy a cropped source's JPEG comment (COM) into the crop, and only when the
         # crop was not resampled; the array path (jpeg_turbo.encode_array) writes none either.
-        im.save(buf, "JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, comment=None)
+        jpeg = jpeg_settings(quality)
+        im.save(buf, "JPEG", quality=jpeg.quality, subsampling=0 if jpeg.full_chroma else 2, comment=None)
     elif format == "PNG":
         im.save(buf, "PNG", compress_level=1)
     else:
@@ -356,7 +359,8 @@ def fit_pixels(image: EncodedImage, max_side: int, multiple: int = 16) -> tuple[
     return _fit_reduced(src, image.width, image.height, sw, sh, t), t
 
 
-def fit(image: EncodedImage, max_side: int, multiple: int = 16, quality: int = 95) -> tuple[EncodedImage, FitTransform]:
+def fit(image: EncodedImage, max_side: int, multiple: int = 16,
+        quality: int | JpegSettings = 95) -> tuple[EncodedImage, FitTransform]:
     """Apply the size policy; the original bytes pass through when they already satisfy it."""
     t = fit_size(image.width, image.height, max_side, multiple)
     if t.identity and (t.width, t.height) == (image.width, image.height):

@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from x2i.core.jpeg_settings import JpegSettings, jpeg_settings
+
 
 def plain_header(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a YCbCr JPEG with no EXIF block (so no orientation to apply: x2i reads orientation
@@ -61,11 +63,13 @@ def decode_array(data: bytes, width: int, height: int) -> np.ndarray | None:
     return pixels if pixels.shape == (height, width, 3) else None
 
 
-def encode_array(pixels: np.ndarray, quality: int) -> bytes:
-    """JPEG bytes of an RGB uint8 array: 4:4:4 from quality 90 up, else 4:2:0 (x2i.core.imageio.encode)."""
-    sampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if quality >= 90 else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
+def encode_array(pixels: np.ndarray, quality: int | JpegSettings) -> bytes:
+    """JPEG bytes of an RGB uint8 array, with the settings' quality and chroma subsampling (a bare quality:
+    4:4:4 from 90 up, else 4:2:0; x2i.core.jpeg_settings)."""
+    jpeg = jpeg_settings(quality)
+    sampling = cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444 if jpeg.full_chroma else cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, int(quality), cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
+                            [cv2.IMWRITE_JPEG_QUALITY, jpeg.quality, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling])
     if not ok:
         raise ValueError(f"OpenCV could not encode a {pixels.shape} array as JPEG")
     return data.tobytes()

@@ -13,7 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from x2i.core.config import ConfigError, apply_sets, from_dict, read_yaml, set_dotted, to_dict
+from x2i.core.config import ConfigError, apply_sets, from_dict, load_yaml, read_yaml, set_dotted, to_dict
+from x2i.core.jpeg_settings import JpegSettings, Subsampling
 
 
 @dataclass
@@ -30,10 +31,19 @@ class OutputConfig:
     max_input_side: int = 512  # input (condition) images likewise
     multiple: int = 16  # then centre-cropped to multiples of this (VAE 8 x patch 2)
     jpeg_quality: int = 95
+    jpeg_subsampling: Subsampling = "auto"  # chroma: auto (4:4:4 from quality 90 up), 4:4:4 or 4:2:0
     rows_per_row_group: int = 100  # <= 100 keeps the Hub's dataset viewer working on image data
     max_shard_bytes: int = 500 * 1024 * 1024
     write_rejects: bool = True
     holdout: float = 0.0  # share of source items held out as the test split (x2i/engine/holdout.py)
+
+    @property
+    def jpeg(self) -> JpegSettings:
+        """How builders write output JPEGs (quality and chroma subsampling), checked."""
+        try:
+            return JpegSettings(self.jpeg_quality, self.jpeg_subsampling)
+        except ValueError as exc:
+            raise ConfigError(f"output: {exc}") from None
 
 
 @dataclass
@@ -80,9 +90,7 @@ def _read(name_or_path: str | Path) -> tuple[dict[str, Any], str]:
         hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         raise ConfigError(f"no recipe named {name_or_path!r}; {hint}shipped recipes: {', '.join(task_names())} "
                           "(see `x2i recipes`)")
-    import yaml
-
-    return yaml.safe_load(packaged[key].read_text()), f"manifests/{key}.yaml"
+    return load_yaml(packaged[key].read_text()), f"manifests/{key}.yaml"
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
