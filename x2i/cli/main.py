@@ -15,7 +15,8 @@ import sys
 # thread (pHash's 8x32 matrix products), so they run with one unless the user set it; model commands keep the
 # default. Before any import of numpy.
 DATA_COMMANDS = {"build", "import", "validate", "stats", "export", "download", "publish", "view", "recipes"}
-if next((a for a in sys.argv[1:] if not a.startswith("-")), None) in DATA_COMMANDS:
+_COMMAND = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+if _COMMAND in DATA_COMMANDS:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer  # noqa: E402
@@ -52,18 +53,47 @@ for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 
 
+class _NoPandas:
+    """A finder that refuses `pandas` (x2i.cli.main._pyarrow_without_pandas)."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name == "pandas":
+            raise ImportError("kept out of pyarrow's first conversion by x2i")
+        return None
+
+
+def _pyarrow_without_pandas() -> None:
+    """pyarrow imports pandas (when installed) at its first conversion of Python values, to see whether they are
+    pandas objects, which x2i never gives it: 0.15 s at start and more at exit in every data command (a 20-URL
+    `x2i build` with 2 workers: 0.66 -> 0.51 s, docs/benchmarks.md), and pool workers fork with it loaded.
+    That first check is made here with pandas out of reach, so pyarrow records "no pandas" and does not import it
+    (its pandas functions, `to_pandas` / `from_pandas`, still import it when called). Only in the `x2i` process of
+    a data command: a library user's process keeps pyarrow's default."""
+    if "pandas" in sys.modules:
+        return
+    import pyarrow as pa
+
+    sys.meta_path.insert(0, _NoPandas)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(_NoPandas)
+
+
 def main() -> None:
     # Commands wrap their bodies with x2i.cli.common.user_errors; this is the net for errors raised while
     # parsing options or importing a command's dependencies.
     try:
+        if _COMMAND in DATA_COMMANDS and _COMMAND != "recipes":  # `recipes` never loads pyarrow
+            _pyarrow_without_pandas()
         app()
     except (X2IError, ConfigError) as exc:
         typer.echo(f"x2i: error: {exc}", err=True)
         sys.exit(2)
     except ModuleNotFoundError as exc:
         # Outside a command there is no click context: name the command from argv.
-        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-        error = missing_extra(exc, f"x2i {command}" if command else "x2i")
+        error = missing_extra(exc, f"x2i {_COMMAND}" if _COMMAND else "x2i")
         if error is None:
             raise
         typer.echo(f"x2i: error: {error}", err=True)
