@@ -51,3 +51,27 @@ def test_pool_workers_do_not_hold_the_drivers_lock(tmp_path, monkeypatch):
     assert os.getpid() not in workers and workers
     for _, (_, fds), _ in results:
         assert held not in fds, "a worker inherited the driver's lock descriptor"
+
+
+def _frozen_objects(_job: int) -> int:
+    import gc
+
+    return gc.get_freeze_count()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux only")
+def test_forked_workers_start_with_the_drivers_objects_frozen_and_the_driver_unfreezes():
+    """Workers' collections skip what the driver held at the fork (gc.freeze); afterwards the driver's objects
+    are collectable again, also when the caller stops reading results early."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    results = list(LocalExecutor(workers=2).map_unordered(_frozen_objects, [0, 1]))
+    assert [error for _, _, error in results] == [None, None]
+    assert all(count > 1000 for _, count, _ in results)
+    assert gc.get_freeze_count() == 0
+    stream = LocalExecutor(workers=2).map_unordered(_frozen_objects, [0, 1, 2])
+    next(stream)
+    assert gc.get_freeze_count() > 0
+    stream.close()
+    assert gc.get_freeze_count() == 0

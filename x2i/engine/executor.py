@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
@@ -105,17 +106,24 @@ class LocalExecutor(Executor):
         method = start_method()
         if method == "fork":
             _import_before_fork()
-        with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
-                                    initializer=_worker_init, initargs=(os.getpid(), self.guard)) as pool:
-            futures = {pool.submit(fn, job): job for job in jobs}
-            try:
-                for fut in cf.as_completed(futures):
-                    exc = fut.exception()
-                    yield futures[fut], (None if exc else fut.result()), exc
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+            # Every object the driver holds now is moved out of the collector's reach: a forked worker's
+            # collections then never walk (and never write to, so never copy) the pages the driver's modules
+            # share with it (a 20-URL download build with 2 workers: 0.66 -> 0.58 s, docs/benchmarks.md).
+            gc.freeze()
+        try:
+            with cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
+                                        initializer=_worker_init, initargs=(os.getpid(), self.guard)) as pool:
+                futures = {pool.submit(fn, job): job for job in jobs}
+                try:
+                    for fut in cf.as_completed(futures):
+                        exc = fut.exception()
+                        yield futures[fut], (None if exc else fut.result()), exc
+                except BaseException:
+                    for fut in futures:
+                        fut.cancel()
+                    raise
+        finally:
+            gc.unfreeze()  # the driver's objects are collectable again (a long-lived process builds many times)
 
 
 def make_executor(name: str, workers: int = 1, address: str | None = None, guard: Any = None) -> Executor:
