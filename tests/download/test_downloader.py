@@ -99,3 +99,40 @@ def test_robots_parsing_and_magic_bytes():
     assert not robots_disallow(["googlebot: noai"], ("noai",)) and robots_disallow(["x2i: noai"], ("noai",))
     assert image_kind(JPEG) == "jpeg" and image_kind(PNG) == "png" and image_kind(b"<html>") is None
     assert image_kind(b"RIFF\0\0\0\0WEBPVP8 ") == "webp" and image_kind(b"GIF89a...") == "gif"
+
+
+def test_an_ipv6_address_is_vetted_and_connected_to_as_is():
+    """The connection goes to the vetted address itself (no second lookup), IPv6 included."""
+    import http.server
+    import socket
+    import threading
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+        def log_message(self, *args):
+            pass
+
+    class Server6(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    try:
+        httpd = Server6(("::1", 0), Handler)
+    except OSError:
+        pytest.skip("cannot listen on ::1")
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://[::1]:{httpd.server_address[1]}/a.png"
+        assert make(allow_networks=("::1/128",)).fetch(url).data == PNG
+        assert make(allow_networks=("127.0.0.0/8",)).fetch(url).status == "blocked_address"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -108,6 +108,13 @@ def _networks(allow_networks: tuple[str, ...]) -> tuple:
 
 def address_allowed(ip: str, allow_networks: tuple[str, ...] = ()) -> bool:
     """Public unicast addresses only, plus addresses inside an explicitly allowed network."""
+    return _address_allowed(ip, tuple(allow_networks))
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_allowed(ip: str, allow_networks: tuple[str, ...]) -> bool:
+    """address_allowed, remembered: a host's every URL resolves to the same few addresses, and ipaddress's
+    is_global / is_private walk lists of networks each time (~15 us an address)."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
@@ -211,7 +218,15 @@ class _PinnedHTTP(http.client.HTTPConnection):
         self._raw: socket.socket | None = None
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._ip, self.port), _left(self._deadline))
+        # The vetted address itself: create_connection would look the literal up again (getaddrinfo).
+        family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(_left(self._deadline))
+            sock.connect((self._ip, self.port))
+        except BaseException:
+            sock.close()
+            raise
         if self._context is not None:
             try:
                 sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
