@@ -98,3 +98,20 @@ def test_a_build_hashes_the_pixels_it_holds_without_decoding_again(tmp_path, mon
     built = rows(out)
     assert built and all(r["phash"] for r in built)
     assert calls == []
+
+
+def test_area_means_are_exact_cell_means():
+    """The 32x32 reduction is the exact area-weighted mean of each cell: block means where the sides divide by 32,
+    OpenCV's INTER_AREA (float) at fractional cells, on odd sizes and large ones alike."""
+    import cv2
+
+    from x2i.curation.phash import area_means
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (64, 96), dtype=np.uint8)
+    want = blocks.reshape(32, 2, 32, 3).mean(axis=(1, 3))
+    assert np.allclose(area_means(blocks), want, atol=1e-9)
+    for shape in ((373, 512), (512, 400), (97, 131), (33, 40), (1000, 1000)):
+        g = rng.integers(0, 256, shape, dtype=np.uint8)
+        reference = cv2.resize(g.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA)
+        assert np.abs(area_means(g) - reference).max() < 1e-3, shape
