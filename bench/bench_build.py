@@ -15,6 +15,7 @@ All figures come from one run on the same inputs (a shapes world at 512 px writt
 - cluster: two Ray nodes on this machine (ray.cluster_utils, one CPU each) joined with `ray_address`, against
   the local process pool, both with 2 workers; the first Ray build includes connecting to the cluster.
 Goals: pipeline >= 0.8x the bare loop (issue 2), >= 0.9x (issue 15); 2 Ray workers >= 1.8x one (issue 2).
+The pipeline and bare-loop ratios are printed by wall time and by this process's CPU time (both in-process).
 """
 from __future__ import annotations
 
