@@ -78,7 +78,8 @@ def start_method() -> str:
 def _import_before_fork() -> None:
     """pyarrow imports pandas, when installed, on its first conversion of Python values (0.17 s): every worker
     would do so at its first shard, and the driver again in the post-build passes. Done once here, before the
-    fork, the workers inherit it (a 2,000-URL download build with 2 workers: bench/e2e_bench.py)."""
+    fork, the workers inherit it (a 2,000-URL download build with 2 workers: bench/e2e_bench.py). In an `x2i`
+    command pyarrow has already been told there is no pandas (x2i.cli.main), and this imports nothing."""
     import pyarrow as pa
 
     pa.array([0])

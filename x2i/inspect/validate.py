@@ -167,6 +167,8 @@ def _inspect(data: bytes, decode_images: bool) -> tuple[str | None, tuple[int, i
         try:
             with Image.open(io.BytesIO(data)) as im:
                 return None, im.size
+        except MemoryError:  # the machine, not the row
+            raise
         except Exception as exc:  # noqa: BLE001 - PIL raises many types on garbage headers; each is a row problem
             return f"{{what}} has an unreadable header: {exc}", None
     try:
