@@ -168,7 +168,7 @@ def tls(tmp_path_factory):
 def test_https_fetch_and_deadlines(tls):
     base, client_ctx = tls
     d = make(timeout=1.0)
-    d._ssl = client_ctx  # trust the test certificate; verification itself stays on
+    d._ssl_context = client_ctx  # trust the test certificate; verification itself stays on
     assert d.fetch(base + "/good.jpg").data == JPEG
     started = time.monotonic()
     assert d.fetch(base + "/slow").status == "timeout" and time.monotonic() - started < 2.5

@@ -203,11 +203,19 @@ class Downloader:
 
     def __init__(self, config: DownloadConfig | None = None):
         self.config = config or DownloadConfig()
-        self._ssl = ssl.create_default_context()
+        self._ssl_context: ssl.SSLContext | None = None  # made at the first https URL (loading CAs: ~16 ms)
+        self._ssl_lock = threading.Lock()
         self._breaker = HostBreaker(self.config.host_failures, self.config.host_cooldown)
         self._held_lock = threading.Lock()
         self.held_bytes = 0  # body bytes read and not yet released by the caller (see fetch_many)
         self.peak_held_bytes = 0
+
+    @property
+    def _ssl(self) -> ssl.SSLContext:
+        with self._ssl_lock:
+            if self._ssl_context is None:
+                self._ssl_context = ssl.create_default_context()
+            return self._ssl_context
 
     def _hold(self, n: int) -> None:
         with self._held_lock:
