@@ -20,6 +20,11 @@ DATA_COMMANDS = {"build", "import", "validate", "stats", "export", "download", "
 _COMMAND = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
 if _COMMAND in DATA_COMMANDS:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# pyarrow's allocator (mimalloc) reserves a 1 GiB arena at its first allocation and asks for transparent huge
+# pages on it: every first touch of a 2 MiB range then zeroes all of it, and freed ranges are purged and touched
+# again. Row groups come and go all build long: 1.4-3.4% of a download-mode build's CPU went to zeroing huge
+# pages, 0.1% without them (perf record, bench/e2e_bench.py's build). Read once, when pyarrow loads.
+os.environ.setdefault("MIMALLOC_ALLOW_THP", "0")
 
 import typer  # noqa: E402
 
