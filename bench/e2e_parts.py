@@ -10,7 +10,8 @@ timed alone, per image, on the e2e bench's own inputs (768 px crops of the packa
   what fit used before INTER_LINEAR for scales >= 2/3);
 - phash: `x2i.curation.phash` on the fitted array (area-averaged 32x32 grey), beside `phash_lanczos` (imagehash's
   PIL LANCZOS reduction of the fitted PIL image, what x2i used before);
-- download: `Downloader.fetch_many` CPU (all threads) per URL from a loopback server in another process.
+- download: `Downloader.fetch_many` CPU (all threads) per URL from a loopback server in another process, beside
+  `download_bare` (connect, one GET, read to the close on 16 threads: the floor any checked fetch builds on).
 Each stage starts from fresh objects (no pixels cached between stages). The sum is the floor of x2i's per-URL
 CPU for this input; e2e_bench's CPU figure adds process start-up, Parquet, ids and meta, the rejects ledger and
 the post-build pass.
@@ -55,7 +56,23 @@ def phash_lanczos(image: Image.Image) -> str:
     return phash(image.convert("L").resize((32, 32), Image.Resampling.LANCZOS))
 
 
-def download_ms(bodies: list[bytes]) -> float:
+def _bare_get(base: str, i: int) -> bool:
+    """The floor of a fetch: connect, one GET, read to the close; no checks, no parsing."""
+    import socket
+
+    host, port = base.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(f"GET /img/{i}.jpg HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).startswith(b"HTTP/1.1 200")
+
+
+def download_ms(bodies: list[bytes]) -> tuple[float, float]:
+    """CPU ms a URL (all threads) of `Downloader.fetch_many`, and of bare socket GETs on 16 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from x2i.download.fetch import DownloadConfig, Downloader
 
     queue = multiprocessing.get_context("fork").Queue()
@@ -63,13 +80,20 @@ def download_ms(bodies: list[bytes]) -> float:
     server.start()
     base = f"http://127.0.0.1:{queue.get(timeout=30)}"
     downloader = Downloader(DownloadConfig(allow_networks=("127.0.0.0/8",), concurrency=16, timeout=10.0, retries=0))
-    before = resource.getrusage(resource.RUSAGE_SELF)
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    before = cpu()
     ok = sum(r.status == "success" for r in downloader.fetch_many(f"{base}/img/{i}.jpg" for i in range(len(bodies))))
-    after = resource.getrusage(resource.RUSAGE_SELF)
+    mid = cpu()
+    with ThreadPoolExecutor(16) as pool:
+        bare = sum(pool.map(lambda i: _bare_get(base, i), range(len(bodies))))
+    after = cpu()
     server.terminate()
-    assert ok == len(bodies), f"{ok} of {len(bodies)} downloads succeeded"
-    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
-    return round(cpu / len(bodies) * 1000, 3)
+    assert ok == bare == len(bodies), f"{ok} and {bare} of {len(bodies)} downloads succeeded"
+    return round((mid - before) / len(bodies) * 1000, 3), round((after - mid) / len(bodies) * 1000, 3)
 
 
 def main() -> None:
@@ -81,7 +105,8 @@ def main() -> None:
     from x2i.curation.phash import phash
 
     bodies = images(a.images)
-    res = {"images": a.images, "download": download_ms(bodies)}
+    res = {"images": a.images}
+    res["download"], res["download_bare"] = download_ms(bodies)
     res["decode"] = per_image_ms(lambda b: imageio.load(b, fit_side=512).array(), bodies)
     res["decode_pil"] = per_image_ms(lambda b: np.asarray(imageio.load(b).pil()), bodies)
     res["fit_encode"] = per_image_ms(lambda b: imageio.fit(b, 512, 16, 95),

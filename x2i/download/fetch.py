@@ -24,8 +24,6 @@ results in input order (deterministic builds) with at most `concurrency * max_by
 """
 from __future__ import annotations
 
-import http.client
-import io
 import ipaddress
 import socket
 import ssl
@@ -36,6 +34,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 from x2i import __version__
+from x2i.download.http1 import Answer, ProtocolError, Truncated, left, request_bytes
 from x2i.download.policy import USER_AGENT_TOKEN, address_allowed, image_kind, robots_disallow
 from x2i.download.run import HostBreaker, fetch_ordered
 
@@ -88,45 +87,6 @@ class _Failure(Exception):
         self.status, self.error, self.http_status = status, error, http_status
 
 
-def _left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("attempt deadline passed")
-    return left
-
-
-class _DeadlineSocket(io.RawIOBase):
-    """The socket http.client talks through, each send and recv given the attempt's time left.
-
-    http.client reads the status line and headers with readline, one recv per trickled byte; a plain socket
-    timeout restarts on each of them, so a server sending a byte a second would never time out.
-    """
-
-    def __init__(self, sock: socket.socket, deadline: float):
-        super().__init__()
-        self.raw_sock, self._deadline = sock, deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        self.raw_sock.settimeout(_left(self._deadline))
-        return self.raw_sock.recv_into(buffer)
-
-    def sendall(self, data: bytes) -> None:
-        self.raw_sock.settimeout(_left(self._deadline))
-        self.raw_sock.sendall(data)  # since Python 3.5 the timeout bounds the whole sendall
-
-    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
-        if mode != "rb":
-            raise ValueError(f"only binary reads go through the deadline socket, not {mode!r}")
-        return io.BufferedReader(self)
-
-    def close(self) -> None:
-        """Nothing: http.client closes the connection right after the headers when the server says
-        Connection: close, and the response goes on reading the body through us; _PinnedHTTP.dispose closes."""
-
-
 def _resolve_within(host: str, port: int, deadline: float) -> list:
     """getaddrinfo has no timeout: run it aside and stop waiting at the deadline (the lookup thread ends itself).
     An address literal needs no lookup (AI_NUMERICHOST never asks a resolver): no thread for it."""
@@ -156,38 +116,22 @@ def _resolve_within(host: str, port: int, deadline: float) -> list:
     return box[0]
 
 
-class _PinnedHTTP(http.client.HTTPConnection):
-    """An HTTP connection to a pre-vetted address (the Host header still names the host), within a deadline."""
-
-    def __init__(self, host: str, port: int, ip: str, deadline: float, context: ssl.SSLContext | None = None):
-        super().__init__(host, port)
-        self._ip, self._deadline, self._context = ip, deadline, context
-        self._raw: socket.socket | None = None
-
-    def connect(self) -> None:
-        # The vetted address itself: create_connection would look the literal up again (getaddrinfo).
-        family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(_left(self._deadline))
-            sock.connect((self._ip, self.port))
-        except BaseException:
-            sock.close()
-            raise
-        if self._context is not None:
-            try:
-                sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
-                sock.settimeout(_left(self._deadline))
-                sock.do_handshake()  # the ssl module counts this timeout down over the whole handshake
-            except BaseException:
-                sock.close()
-                raise
-        self._raw, self.sock = sock, _DeadlineSocket(sock, self._deadline)
-
-    def dispose(self) -> None:
-        self.close()
-        if self._raw is not None:
-            self._raw.close()
+def _open(ip: str, port: int, host: str, deadline: float, context: ssl.SSLContext | None) -> socket.socket:
+    """A connection to the vetted address itself (create_connection would look the literal up again), TLS for
+    `host` when a context is given, all within the deadline."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(left(deadline))
+        sock.connect((ip, port))
+        if context is not None:
+            sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+            sock.settimeout(left(deadline))
+            sock.do_handshake()  # the ssl module counts this timeout down over the whole handshake
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _host_key(url: str) -> str | None:
@@ -205,6 +149,8 @@ class Downloader:
         self.config = config or DownloadConfig()
         self._ssl_context: ssl.SSLContext | None = None  # made at the first https URL (loading CAs: ~16 ms)
         self._ssl_lock = threading.Lock()
+        self._headers = {"User-Agent": self.config.user_agent, "Accept": "image/*", "Accept-Encoding": "identity",
+                         "Connection": "close"}
         self._breaker = HostBreaker(self.config.host_failures, self.config.host_cooldown)
         self._held_lock = threading.Lock()
         self.held_bytes = 0  # body bytes read and not yet released by the caller (see fetch_many)
@@ -262,7 +208,8 @@ class Downloader:
             raise _Failure("blocked_address", f"{host} resolves to a non-public address {refused}")
         return allowed[0]
 
-    def _connect(self, url: str, deadline: float) -> tuple[_PinnedHTTP, str]:
+    def _connect(self, url: str, deadline: float) -> tuple[socket.socket, bytes]:
+        """A connection to the URL's vetted address and the request to send on it."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
@@ -271,9 +218,14 @@ class Downloader:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError as exc:
             raise _Failure("invalid_url", str(exc)) from None
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            request = request_bytes(parts.hostname, port, 443 if scheme == "https" else 80, target, self._headers)
+        except (ValueError, UnicodeError) as exc:
+            raise _Failure("invalid_url", str(exc)) from None
         ip = self._resolve(parts.hostname, port, deadline)
-        conn = _PinnedHTTP(parts.hostname, port, ip, deadline, self._ssl if scheme == "https" else None)
-        return conn, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        sock = _open(ip, port, parts.hostname, deadline, self._ssl if scheme == "https" else None)
+        return sock, request
 
     def _attempt(self, url: str) -> FetchResult:
         """One attempt, redirects included; each hop's host is checked against and reported to the breaker."""
@@ -287,7 +239,7 @@ class Downloader:
     def _attempt_hops(self, url: str, hop: dict) -> FetchResult:
         c = self.config
         deadline = time.monotonic() + c.timeout
-        current, conn = url, None
+        current, sock = url, None
         try:
             for _ in range(c.max_redirects + 1):
                 host = _host_key(current)
@@ -295,17 +247,18 @@ class Downloader:
                 if why:
                     raise _Failure("host_unavailable", why)
                 hop.update(host=host, reached=False)
-                conn, target = self._connect(current, deadline)
-                conn.request("GET", target, headers={"User-Agent": c.user_agent, "Accept": "image/*",
-                                                     "Accept-Encoding": "identity", "Connection": "close"})
-                response = conn.getresponse()
+                sock, request = self._connect(current, deadline)
+                sock.settimeout(left(deadline))
+                sock.sendall(request)  # since Python 3.5 the timeout bounds the whole sendall
+                answer = Answer(sock, deadline).read_head()
                 hop["reached"] = True
-                if response.status not in _REDIRECTS:
-                    return self._read(url, current, response, deadline)
-                location = response.getheader("Location")
-                conn.dispose()
+                if answer.status not in _REDIRECTS:
+                    return self._read(url, current, answer)
+                location = answer.header("location")
+                sock.close()
+                sock = None
                 if not location:
-                    raise _Failure("http_error", f"HTTP {response.status} without Location", response.status)
+                    raise _Failure("http_error", f"HTTP {answer.status} without Location", answer.status)
                 self._breaker.report(host, True, None)  # this hop's host answered; the next one is judged alone
                 current = urljoin(current, location)
             raise _Failure("too_many_redirects", f"more than {c.max_redirects} redirects")
@@ -313,49 +266,47 @@ class Downloader:
             return FetchResult(url, f.status, http_status=f.http_status, error=f.error, final_url=current)
         except TimeoutError:  # socket.timeout is TimeoutError
             return FetchResult(url, "timeout", error=f"no complete answer within {c.timeout:g}s", final_url=current)
-        except http.client.IncompleteRead as exc:
-            return FetchResult(url, "truncated", error=f"connection closed after {len(exc.partial)} bytes",
-                               final_url=current)
-        except (OSError, http.client.HTTPException, ValueError) as exc:
+        except Truncated as exc:
+            return FetchResult(url, "truncated", error=str(exc), final_url=current)
+        except (OSError, ProtocolError, ValueError) as exc:
             return FetchResult(url, "connection_error", error=f"{type(exc).__name__}: {exc}"[:300], final_url=current)
         finally:
-            if conn is not None:
-                conn.dispose()
+            if sock is not None:
+                sock.close()
 
-    def _read(self, url: str, final: str, response: http.client.HTTPResponse, deadline: float) -> FetchResult:
+    def _read(self, url: str, final: str, answer: Answer) -> FetchResult:
         c = self.config
-        status = response.status
+        status = answer.status
         if status == 429 or status >= 500:
-            raise _Failure("http_retryable", f"HTTP {status} {response.reason}", status)
+            raise _Failure("http_retryable", f"HTTP {status} {answer.reason}", status)
         if status != 200:
-            raise _Failure("http_error", f"HTTP {status} {response.reason}", status)
-        robots = response.headers.get_all("X-Robots-Tag") or []
+            raise _Failure("http_error", f"HTTP {status} {answer.reason}", status)
+        robots = answer.headers("x-robots-tag")
         if c.respect_robots and robots_disallow(robots, c.disallowed_directives):
             raise _Failure("robots_disallowed", "X-Robots-Tag: " + "; ".join(robots), status)
-        ctype = (response.getheader("Content-Type") or "").split(";", 1)[0].strip().lower()
+        ctype = (answer.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ctype and not ctype.startswith("image/") and ctype not in GENERIC_BINARY_TYPES:
             raise _Failure("not_image", f"content type {ctype!r}", status)
-        length = response.getheader("Content-Length")
+        length = answer.header("content-length")
         expected = int(length) if length and length.strip().isdigit() else None
         if expected is not None and expected > c.max_bytes:
             raise _Failure("too_large", f"Content-Length {expected} exceeds {c.max_bytes} bytes", status)
-        body, total = io.BytesIO(), 0  # BytesIO hands its buffer to getvalue() without a second copy
+        held = [0]
+
+        def hold(n: int) -> None:
+            self._hold(n)
+            held[0] += n
+
         try:
-            # read1 returns what one socket read gives; every socket read is bounded by the deadline.
-            while chunk := response.read1(65536):
-                if total + len(chunk) > c.max_bytes:
-                    raise _Failure("too_large", f"body exceeds {c.max_bytes} bytes", status)
-                self._hold(len(chunk))
-                total += len(chunk)
-                body.write(chunk)
-            data = body.getvalue()
-            if expected is not None and total < expected:
-                raise _Failure("truncated", f"received {total} of {expected} bytes", status)
+            try:
+                data = answer.read_body(c.max_bytes, hold)
+            except OverflowError as exc:
+                raise _Failure("too_large", str(exc), status) from None
             if image_kind(data) is None:
                 raise _Failure("not_image", f"body is not an image (starts with {data[:12]!r}, type {ctype!r})",
                                status)
         except BaseException:
-            self._hold(-total)
+            self._hold(-held[0])
             raise
         return FetchResult(url, "success", data, status, None, ctype or None, final)
 
