@@ -215,12 +215,13 @@ class Downloader:
         if scheme not in ("http", "https") or not parts.hostname:
             raise _Failure("invalid_url", f"only http(s) URLs with a host are fetched, got {url[:200]!r}")
         try:
-            port = parts.port or (443 if scheme == "https" else 80)
+            default_port = 443 if scheme == "https" else 80
+            port = parts.port or default_port
         except ValueError as exc:
             raise _Failure("invalid_url", str(exc)) from None
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
-            request = request_bytes(parts.hostname, port, 443 if scheme == "https" else 80, target, self._headers)
+            request = request_bytes(parts.hostname, port, default_port, target, self._headers)
         except (ValueError, UnicodeError) as exc:
             raise _Failure("invalid_url", str(exc)) from None
         ip = self._resolve(parts.hostname, port, deadline)
@@ -287,26 +288,19 @@ class Downloader:
         ctype = (answer.header("content-type") or "").split(";", 1)[0].strip().lower()
         if ctype and not ctype.startswith("image/") and ctype not in GENERIC_BINARY_TYPES:
             raise _Failure("not_image", f"content type {ctype!r}", status)
-        length = answer.header("content-length")
-        expected = int(length) if length and length.strip().isdigit() else None
+        expected = answer.content_length()
         if expected is not None and expected > c.max_bytes:
             raise _Failure("too_large", f"Content-Length {expected} exceeds {c.max_bytes} bytes", status)
-        held = [0]
-
-        def hold(n: int) -> None:
-            self._hold(n)
-            held[0] += n
-
         try:
             try:
-                data = answer.read_body(c.max_bytes, hold)
+                data = answer.read_body(c.max_bytes, self._hold)
             except OverflowError as exc:
                 raise _Failure("too_large", str(exc), status) from None
             if image_kind(data) is None:
                 raise _Failure("not_image", f"body is not an image (starts with {data[:12]!r}, type {ctype!r})",
                                status)
         except BaseException:
-            self._hold(-held[0])
+            self._hold(-answer.received)
             raise
         return FetchResult(url, "success", data, status, None, ctype or None, final)
 
