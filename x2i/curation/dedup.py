@@ -161,7 +161,7 @@ class DedupParams:
     max_distance: int = 4  # pHash Hamming distance (of 64 bits) at or below which two images are near duplicates
     within_partition: bool = True  # drop repeats inside a partition during the build
     across_build: bool = True  # then drop repeats across partitions once all are done
-    workers: int = 0  # processes of the post-build pass (0: one per CPU from POOL_MIN_ROWS rows, else in-process)
+    workers: int = 0  # post-build pass processes (0: one per CPU from POOL_MIN_ROWS rows, else the single pass)
 
 
 @register_step("dedup")
@@ -222,7 +222,10 @@ class DedupStep(Step):
 
     def _plan(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
         """The rows to drop, sharded across processes (x2i.curation.dedup_shards); the same list, in the same
-        order, as `_plan_single` (tests/curation/test_dedup_shards.py)."""
+        order, as `_plan_single` (tests/curation/test_dedup_shards.py). Below POOL_MIN_ROWS rows, unless
+        `workers` is set, the single pass itself: it holds little and is faster there (10,758 rows: 0.12-0.15 s
+        against 0.34-0.47 s for the sharded stages in one process), and the driver runs this while the pool's
+        cores idle."""
         import os
 
         from x2i.curation import dedup_shards
@@ -230,12 +233,15 @@ class DedupStep(Step):
         ordered = sorted(records, key=lambda r: r.index)
         shards = [(shard.path, rec.index) for rec in ordered for shard in rec.shards]
         rows = sum(shard.rows for rec in ordered for shard in rec.shards)
+        if not self.p.workers and rows < POOL_MIN_ROWS:
+            return self._plan_single(out, records)
         workers = self.p.workers or ((os.cpu_count() or 1) if rows >= POOL_MIN_ROWS else 1)
         bands = NearIndex(self.p.max_distance, scale=max(rows, 1)).bands
         return dedup_shards.plan(out, shards, self.p.by, self.p.max_distance, workers, bands)
 
     def _plan_single(self, out: Path, records: list[PartitionRecord]) -> tuple[list[dict[str, Any]], int]:
-        """The reference: one keep-first pass on the driver over every hash (kept to check `_plan` against)."""
+        """One keep-first pass on the driver over every hash: the reference `_plan` is checked against, and what
+        `_plan` runs for a small build."""
         seen = Deduper(self.p.by, self.p.max_distance)
         drops, checked = [], 0
         for rec in sorted(records, key=lambda r: r.index):
