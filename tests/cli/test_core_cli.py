@@ -153,3 +153,17 @@ def test_an_undeclared_error_is_one_line_and_exit_2(monkeypatch, tmp_path):
     monkeypatch.setenv("X2I_DEBUG", "1")
     result = run("build", "--task", "subject-driven", "--out", tmp_path / "o", "-q")
     assert isinstance(result.exception, KeyError)
+
+
+@pytest.mark.parametrize("scenes, per_shard, noted", [(4, 16, True), (8, 4, False)])
+def test_more_workers_than_partitions_is_noted(tmp_path, scenes, per_shard, noted):
+    """A source small enough for one partition leaves the second worker idle, and the user is told how to split
+    it; a source of several partitions for two workers has nothing to say."""
+    embedded = (f'source.options.embedded={{"scenes": {scenes}, "per_shard": {per_shard}, "size": 400, '
+                '"photos": false}')
+    result = run("build", "--task", "text-to-image", "--out", tmp_path / "o", "-q", "--workers", 2, "--set", embedded)
+    assert result.exit_code == 0, result.output
+    parts = json.loads((tmp_path / "o" / "manifest.json").read_text())["partitions"]
+    assert (len(parts) == 1) is noted
+    note = "note: the source made 1 partition(s), so only 1 of the 2 workers had work"
+    assert (note in result.output) is noted and ("rows_per_partition" in result.output) is noted

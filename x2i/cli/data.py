@@ -56,6 +56,11 @@ def build_command(
         "params.annotators": annotator_list, "output.holdout": holdout}, executor=executor, workers=workers, ray_address=ray_address,
         limit=limit, overwrite=overwrite, progress=not quiet, max_error_rate=max_error_rate, allow_empty=allow_empty)
     typer.echo(_summary(manifest, out_dir))
+    if workers > len(manifest.partitions):  # a partition is the unit of parallel work: the rest sat idle
+        parts = len(manifest.partitions)
+        typer.echo(f"note: the source made {parts} partition(s), so only {parts} of the {workers} workers had work; "
+                   "split it finer to use them all (source.options.rows_per_partition, where its format has it)",
+                   err=True)
 
 
 @user_errors
