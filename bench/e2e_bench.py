@@ -6,7 +6,8 @@ Inputs: `--urls` distinct JPEGs (random crops of the five photos shipped with sc
 `--side` px on the longer side, 768 by default, quality 90) served by a loopback HTTP server in its own process,
 each answer after `--latency` seconds (standing in for the network); the URL list is a Parquet file of URL + TEXT
 only. The photos are 300-640 px: a larger `--side` upsamples them (smoother, cheaper to decode than real photos).
-Both tools run as their command line, in a fresh output folder, wall clock from start to exit, alternating
+Both tools run as their command line, in a fresh output folder, wall clock from start to exit (with the CPU
+seconds of the process tree and the machine's idle core-seconds meanwhile), alternating
 `--repeats` times (each keeps its median), with the same budget: 2 processes x 16 concurrent requests, images
 fitted to 512 px on the longer side, JPEG quality 95, Parquet out.
 - x2i: `x2i build` of a text-to-image recipe in download mode, score filters off (the list has no scores),
@@ -96,19 +97,58 @@ output: {{max_side: 512, multiple: 16, jpeg_quality: 95}}
 
 
 CPU: dict[str, list[float]] = {}
+IDLE: dict[str, list[float]] = {}
+
+
+class IdleCores:
+    """The machine's idle core-seconds while a command runs (/proc/stat, sampled every 50 ms in a thread): the
+    time a core had nothing to do, e.g. while one process starts up or finishes alone. Linux only (else None)."""
+
+    def __enter__(self):
+        import threading
+
+        self.idle, self.stop = 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True) if os.path.exists("/proc/stat") else None
+        if self.thread is not None:
+            self.thread.start()
+        return self
+
+    @staticmethod
+    def _idle_seconds() -> float:
+        with open("/proc/stat") as f:
+            return int(f.readline().split()[4]) / os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> None:
+        start = self._idle_seconds()
+        while not self.stop.wait(0.05):
+            self.idle = self._idle_seconds() - start
+        self.idle = self._idle_seconds() - start
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    @property
+    def seconds(self) -> float | None:
+        return self.idle if self.thread is not None else None
 
 
 def run(cmd: list[str], env: dict | None = None, name: str = "", cwd: str | None = None) -> float:
     """Wall seconds of one command; its CPU seconds (user + system of it and every process it waited for,
-    so pool workers included) go to CPU[name]: on a shared machine the CPU a tool burns is the steadier figure."""
+    so pool workers included) go to CPU[name]: on a shared machine the CPU a tool burns is the steadier figure.
+    The idle core-seconds meanwhile go to IDLE[name]."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
-    secs = time.perf_counter() - t
+    with IdleCores() as idle:
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+        secs = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU.setdefault(name, []).append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    if idle.seconds is not None:
+        IDLE.setdefault(name, []).append(idle.seconds)
     if done.returncode != 0:
         raise SystemExit(f"{cmd[0]} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     return secs
@@ -200,6 +240,7 @@ def main() -> None:
            "all_seconds": {k: [round(x, 2) for x in v] for k, v in times.items()}}
     res["urls_per_s"] = {k: round(a.urls / s, 1) for k, s in res["seconds"].items()}
     res["cpu_seconds"] = {k: round(statistics.median(v), 2) for k, v in CPU.items() if v}
+    res["idle_core_seconds"] = {k: round(statistics.median(v), 2) for k, v in IDLE.items() if v}
     if "img2dataset" in res["cpu_seconds"]:
         res["x2i_over_img2dataset_cpu"] = round(res["cpu_seconds"]["img2dataset"] / res["cpu_seconds"]["x2i"], 2)
         res["x2i_420_over_img2dataset_cpu"] = round(res["cpu_seconds"]["img2dataset"]
