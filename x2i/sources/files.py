@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import io
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from x2i.core.errors import SourceError
 from x2i.core.storage import Storage, check_reachable, check_target, is_uri
+from x2i.sources.tar_stream import tar_files
 
 TAR_BUFFER = 8 << 20  # a tar is read as a stream: big reads, not one request per 10 KB tar record
 
@@ -156,7 +156,7 @@ def open_file(path: str | Path | UriPath):
 
 class _ReadsOrStops(io.RawIOBase):
     """The raw bytes of a tar, where a failed read (a dropped connection, EIO) is a SourceError that stops the
-    build: only what the bytes say (a truncated archive, a corrupt gzip stream, raised by tarfile and the
+    build: only what the bytes say (a truncated archive, a corrupt gzip stream, raised by the tar reader and the
     decompressors above this layer) is a damaged shard, counted as data."""
 
     def __init__(self, raw, path: object):
@@ -174,16 +174,17 @@ class _ReadsOrStops(io.RawIOBase):
 
 
 @contextlib.contextmanager
-def open_tar(path: str | Path | UriPath) -> Iterator[tarfile.TarFile]:
-    """A tar opened for streaming ("r|*"), the way the img2dataset reader walks it."""
+def open_tar(path: str | Path | UriPath) -> Iterator[Iterator[tuple[str, bytes]]]:
+    """The regular files of a tar, (name, bytes) streamed in archive order, as the img2dataset reader walks it
+    (x2i/sources/tar_stream.py: tarfile's "r|*" members, and its errors for damaged archives)."""
     fs, where = _located(path)
     try:
         opened = open(where, "rb") if fs is None else \
             fs.open_input_stream(where, compression=None, buffer_size=TAR_BUFFER)
     except OSError as exc:  # listed when the build was planned: gone or unreadable now is not a damaged shard
         raise SourceError(path, f"cannot open: {type(exc).__name__}: {exc}") from exc
-    with opened as raw, tarfile.open(fileobj=_ReadsOrStops(raw, path), mode="r|*") as tar:
-        yield tar
+    with opened as raw:
+        yield tar_files(_ReadsOrStops(raw, path))
 
 
 def relative(path: str, root: Path | UriPath) -> str:

@@ -137,10 +137,9 @@ def count(shard: Shard) -> int:
         return parquet_file(shard.sidecar).metadata.num_rows
     keys = set()
     try:
-        with open_tar(shard.path) as tar:
-            for member in tar:
-                if member.isfile():
-                    keys.add(Path(member.name).name.split(".", 1)[0])
+        with open_tar(shard.path) as files:
+            for name, _ in files:
+                keys.add(Path(name).name.split(".", 1)[0])
     except (tarfile.TarError, EOFError, OSError):
         pass
     return len(keys)
@@ -195,17 +194,14 @@ def _tar_records(shard: Shard, sidecar: dict[str, dict[str, Any]]) -> Iterator[R
 
     damaged = None
     try:
-        with open_tar(shard.path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
+        with open_tar(shard.path) as files:
+            for name, data in files:
+                key, _, ext = name.rpartition("/")[2].partition(".")
                 if key != current_key:
                     if current_key is not None:
                         yield emit(current_key, parts)
                     current_key, parts = key, {}
-                f = tar.extractfile(member)
-                parts[ext.lower()] = f.read() if f is not None else b""
+                parts[ext.lower()] = data
     except (tarfile.TarError, EOFError, OSError) as exc:
         damaged = str(exc)
     if current_key is not None and parts:
