@@ -162,3 +162,23 @@ def test_a_signed_checksum_is_accepted_as_tarfile_accepts_it():
     data[148:156] = b"%06o\0 " % signed
     assert by_tarfile(bytes(data)) == ([("caf\u00e9.jpg", b"abc")], False)
     assert by_us(bytes(data)) == ([("caf\u00e9.jpg", b"abc")], False)
+
+
+def test_a_member_claiming_gigabytes_that_are_not_there_is_damage_read_in_bounded_chunks():
+    """A header may claim up to 8 GiB with a valid checksum: the reads ask for at most 16 MiB at a time (a read
+    allocates what it asks for), and the missing data is the error tarfile gives."""
+    data = bytearray(ARCHIVES["ustar"][:512 + 1024])  # the first member's header and data
+    data[124:136] = b"%011o\0" % (7 << 30)  # 7 GiB
+    data[148:156] = b"        "
+    data[148:156] = b"%06o\0 " % (sum(data[:512]))
+    asked = []
+
+    class Recording(io.BytesIO):
+        def read(self, n=-1):
+            asked.append(n)
+            return super().read(n)
+
+    assert by_tarfile(bytes(data)) == ([], True)
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        list(tar_files(Recording(bytes(data))))
+    assert max(asked) <= 16 << 20

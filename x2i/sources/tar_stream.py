@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 BLOCK = 512
+CHUNK = 16 << 20
 REGULAR = (b"0", b"\x00", b"7")  # tarfile's regular types but GNU sparse (which tarfile handles)
 ENCODING = sys.getfilesystemencoding()  # tarfile's default for names, with surrogateescape
 
@@ -36,13 +37,14 @@ class TarDamaged(tarfile.ReadError):
 
 
 def _read(raw: Any, n: int) -> bytes:
-    """`n` bytes, fewer only at the end of the stream (a raw read may return less than asked)."""
-    first = raw.read(n)
+    """`n` bytes, fewer only at the end of the stream (a raw read may return less than asked). At most CHUNK is
+    asked for at once: a read allocates what it asks for, and a header may claim up to 8 GiB that is not there."""
+    first = raw.read(min(n, CHUNK))
     if len(first) == n or not first:
         return first
     parts, got = [first], len(first)
     while got < n:
-        chunk = raw.read(n - got)
+        chunk = raw.read(min(n - got, CHUNK))
         if not chunk:
             break
         parts.append(chunk)
