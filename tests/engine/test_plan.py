@@ -39,6 +39,16 @@ def test_unknown_names_say_did_you_mean(changes, error, hint):
     assert hint in str(caught.value)
 
 
+@pytest.mark.parametrize("recipe", ["layout", "referring_segmentation", "subject_driven"])
+def test_bad_jpeg_settings_stop_at_compile_for_every_builder(recipe):
+    """Some builders read output.jpeg only per sample: the plan checks it first, so no build starts with a
+    quality libjpeg cannot write (the subsampling's values are checked when the recipe is read)."""
+    data = load_recipe(recipe).to_dict()
+    data["output"]["jpeg_quality"] = 0
+    with pytest.raises(ConfigError, match=r"output: JPEG quality must be in 1..100, got 0"):
+        compile_plan(Recipe.from_dict(data))
+
+
 def test_unknown_source_format_says_did_you_mean():
     with pytest.raises(X2IError, match="unknown source format 'grti'; did you mean 'grit'"):
         make_source(SourceConfig(format="grti"))

@@ -109,6 +109,7 @@ def compile_plan(recipe: Recipe) -> Plan:
     for step in steps:
         require_modules(f"recipe {recipe.name} (step {step.name})", step.needs())
     hooks = [s for s in extra if getattr(s, "after_build", None) is not None]
+    recipe.output.jpeg  # checked here for every builder (some read it only per sample), a ConfigError if bad
     holdout = recipe.output.holdout
     if not 0.0 <= holdout < 1.0:
         raise X2IError(f"output.holdout must be in [0, 1), got {holdout}")
